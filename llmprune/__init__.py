@@ -1,0 +1,1 @@
+"""llmprune: post-training pruning for large language models."""

