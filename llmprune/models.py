@@ -5,9 +5,6 @@ which modules count as prunable linear layers.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import LLMPruneError
+from .io.writer import write_folder_atomically
 from .paths import cache_dir, package_dir
 
 try:  # GPT-2 style models use a transposed linear layer
@@ -84,19 +82,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _atomic_save(save, target: Path) -> None:
-    """Call ``save(tmp_folder)`` then rename the folder into place, so no half-written folder remains."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        save(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes the folder private; the result should read like any folder
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def convert_gguf(gguf_file: Path, target: Path) -> Path:
     """Dequantise a GGUF file through transformers into a normal float32 model folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,7 +103,7 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    _atomic_save(save, target)
+    write_folder_atomically(target, save, overwrite=True)
     return target
 
 
