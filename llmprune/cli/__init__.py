@@ -30,9 +30,16 @@ def _describe_commands() -> str:
     return "\n".join(lines)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes get one line (and the hint to ask for --help), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"llmprune: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(f"{__name__}.{COMMANDS[command]}")
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog=f"llmprune {command}" if command != DEFAULT_COMMAND else "llmprune",
         description=module.__doc__,
         epilog=getattr(module, "EPILOG", None),

@@ -1,0 +1,218 @@
+"""The public Python API. The CLI calls these functions and nothing else.
+
+    model, tokenizer = llmprune.load_model("llama")
+    report = llmprune.prune(model, tokenizer, method="wanda", sparsity=0.5)
+    llmprune.save_pretrained(model, tokenizer, "out/llama-wanda-50", report)
+"""
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data import calibration_windows, load_text, tokenize_corpus
+from .engine import prune_blocks
+from .errors import LLMPruneError
+from .io.writer import save_pruned_model
+from .methods import SparsityTarget, get_method
+from .models import load_causal_lm, resolve_device
+
+# Calibration batches above this many activation bytes per block are split into chunks
+# (two passes per block) instead of one fused pass.
+SINGLE_PASS_ACTIVATION_BUDGET = 6 * 2**30
+
+
+def load_model(spec: str, dtype: str | None = None, device: str = "auto"):
+    """(model, tokenizer) from an alias (``llama``), a folder, a .gguf file or a hub id."""
+    model, tokenizer, _ = load_causal_lm(spec, dtype=dtype, device=device)
+    return model, tokenizer
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "llmprune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def model_max_length(model) -> int | None:
+    config = model.config
+    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _chunk_count(model, nsamples: int, seqlen: int, batch_size: int | None) -> int:
+    if batch_size:
+        return -(-nsamples // batch_size)
+    config = model.config
+    width = max(getattr(config, "intermediate_size", 0) or 0, getattr(config, "hidden_size", 0) or 0, 1)
+    # A block holds a handful of activations of the widest size at once.
+    per_sample = seqlen * width * 4 * 6
+    return max(1, -(-nsamples * per_sample // SINGLE_PASS_ACTIVATION_BUDGET))
+
+
+def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128, seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
+    """``nsamples`` x ``seqlen`` token windows at random offsets in the source's train split."""
+    text = load_text(source, split="train")
+    return calibration_windows(tokenize_corpus(tokenizer, text), nsamples, seqlen, seed)
+
+
+def prune(
+    model,
+    tokenizer=None,
+    method: str = "wanda",
+    sparsity: float | None = None,
+    pattern: str | None = None,
+    calibration: str = "wikipedia",
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    seed: int = 0,
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    calibration_ids: torch.Tensor | None = None,
+    progress: bool = True,
+    **method_options,
+) -> dict:
+    """Prune ``model`` in place, block by block, and return the report.
+
+    Give ``sparsity`` (a fraction in [0, 1)) or ``pattern`` ("2:4"). Calibration windows
+    come from ``calibration`` (``wikipedia``, a .txt/.jsonl file, or a hub dataset) unless
+    ``calibration_ids`` (nsamples x seqlen token ids) are given. ``batch_size`` splits the
+    calibration windows into chunks; by default they go through each block in one pass
+    when they fit in memory.
+    """
+    target = SparsityTarget.parse(sparsity, pattern)
+    pruning_method = get_method(method, **method_options)
+    device = resolve_device(device)
+    limit = model_max_length(model)
+    if limit and seqlen > limit:
+        seqlen = limit
+    started = time.perf_counter()
+    source = "given token ids" if calibration_ids is not None else calibration
+    chunks = None
+    if pruning_method.needs_calibration:
+        if calibration_ids is None:
+            if tokenizer is None:
+                raise LLMPruneError("a tokenizer is needed to build calibration windows")
+            calibration_ids = calibration_batch(tokenizer, calibration, nsamples, seqlen, seed)
+        nsamples, seqlen = calibration_ids.shape
+        count = _chunk_count(model, nsamples, seqlen, batch_size)
+        chunks = list(torch.tensor_split(calibration_ids, count))
+    was_training = model.training
+    model.eval()
+    layers = prune_blocks(model, pruning_method, target, chunks, device, targets, ignore, progress)
+    model.train(was_training)
+    if not layers:
+        raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
+    total = sum(dict(model.named_modules())[name].weight.numel() for name in layers)
+    zeros = sum(sparsity_ * dict(model.named_modules())[name].weight.numel() for name, sparsity_ in layers.items())
+    return {
+        "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
+        "method": pruning_method.name,
+        "pattern": target.pattern,
+        "target_sparsity": target.sparsity,
+        "total_sparsity": zeros / total,
+        "calibration": {
+            "source": source if pruning_method.needs_calibration else None,
+            "nsamples": nsamples if pruning_method.needs_calibration else 0,
+            "seqlen": seqlen if pruning_method.needs_calibration else 0,
+            "seed": seed,
+            "chunks": len(chunks) if chunks else 0,
+        },
+        "targets": targets,
+        "ignore": ignore,
+        "prune_seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "versions": versions(),
+        "layers": layers,
+    }
+
+
+def save_pretrained(model, tokenizer, output_dir: str | Path, report: dict | None = None, overwrite: bool = False, **options) -> Path:
+    """Write a standard model folder plus ``llmprune_report.json``, atomically."""
+    return save_pruned_model(model, tokenizer, output_dir, report, overwrite=overwrite, **options)
+
+
+def _wikipedia_ppl(model, tokenizer, config) -> float:
+    from .evaluate.perplexity import perplexity
+
+    result = perplexity(
+        model, tokenizer, source="wikipedia", split="test", seqlen=config.eval_seqlen,
+        max_windows=config.eval_windows, progress=config.progress,
+    )
+    return result.ppl
+
+
+def run_prune(config) -> dict:
+    """The whole job of the ``llmprune`` command: load, (evaluate), prune, (evaluate), save, (push).
+
+    Every input is checked before the model is loaded, so bad input costs nothing and writes nothing.
+    """
+    from .io.writer import check_output_dir
+
+    sparsity = config.sparsity if (config.sparsity is not None or config.pattern) else 0.5
+    SparsityTarget.parse(sparsity, config.pattern)
+    get_method(config.method, **config.method_options)
+    if config.output:
+        check_output_dir(config.output, config.overwrite)
+    if config.push_to_hub and not config.output:
+        raise LLMPruneError("--push-to-hub needs --output (the folder that is uploaded)")
+    if config.save_format not in ("dense", "sparse"):
+        raise LLMPruneError(f"unknown save format '{config.save_format}' (use dense or sparse)")
+
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    evaluation = {}
+    if config.eval_ppl:
+        evaluation["ppl_before"] = _wikipedia_ppl(model, tokenizer, config)
+    report = prune(
+        model, tokenizer, method=config.method, sparsity=sparsity, pattern=config.pattern,
+        calibration=config.calibration, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
+        targets=config.targets, ignore=config.ignore, device=config.device, batch_size=config.batch_size,
+        progress=config.progress, **config.method_options,
+    )
+    report["model"] = config.model
+    if config.eval_ppl:
+        evaluation["ppl_after"] = _wikipedia_ppl(model, tokenizer, config)
+        evaluation.update({"dataset": "wikipedia:test", "seqlen": config.eval_seqlen, "windows": config.eval_windows})
+        report["eval"] = evaluation
+    if config.output:
+        options = {"save_format": config.save_format} if config.save_format != "dense" else {}
+        report["output"] = str(save_pretrained(model, tokenizer, config.output, report, overwrite=config.overwrite, **options))
+    if config.report:
+        write_report_file(config.report, report)
+    if config.push_to_hub:
+        from .io.hub import push_folder
+
+        report["pushed_to"] = push_folder(report["output"], config.push_to_hub)
+    return report
+
+
+def write_report_file(path: str | Path, report: dict) -> Path:
+    import json
+    import os
+
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+    return target

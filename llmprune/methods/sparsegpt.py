@@ -1,0 +1,103 @@
+"""SparseGPT (Frantar & Alistarh, 2023): optimal-brain-surgeon pruning with a column sweep.
+
+Statistics: the layer Hessian H = (2/n) sum x x^T, accumulated in float32. Pruning sweeps
+the columns left to right in blocks; each pruned weight's error is spread over the
+columns not yet visited, weighted by the upper Cholesky factor of H^-1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LLMPruneError
+from .base import PruneResult, PruningMethod, SparsityTarget
+
+
+@dataclass
+class Hessian:
+    matrix: torch.Tensor
+    tokens: int = field(default=0)
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, max_tries: int = 8) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damping I)^-1, raising the damping tenfold while H is not positive definite."""
+    columns = hessian.shape[0]
+    eye = torch.eye(columns, dtype=hessian.dtype, device=hessian.device)
+    damping = percdamp * torch.mean(torch.diag(hessian)).item()
+    damping = damping if damping > 0 else percdamp
+    for _ in range(max_tries):
+        lower, info = torch.linalg.cholesky_ex(hessian + damping * eye)
+        if info.item() == 0:
+            inverse = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if info.item() == 0:
+                return upper
+        damping *= 10
+    raise LLMPruneError("SparseGPT: the layer Hessian stayed singular after raising the damping; use more calibration data")
+
+
+class SparseGPT(PruningMethod):
+    name = "sparsegpt"
+
+    def __init__(self, blocksize: int = 128, percdamp: float = 0.01) -> None:
+        self.blocksize = blocksize
+        self.percdamp = percdamp
+
+    def new_statistics(self, columns: int, device: torch.device) -> Hessian:
+        return Hessian(torch.zeros(columns, columns, dtype=torch.float32, device=device))
+
+    def update_statistics(self, stats: Hessian, inputs: torch.Tensor) -> None:
+        # Running average of 2 x x^T, kept as a sum and rescaled, so batches of any size mix correctly.
+        new_tokens = inputs.shape[0]
+        total = stats.tokens + new_tokens
+        stats.matrix.mul_(stats.tokens / total)
+        stats.matrix.addmm_(inputs.t(), inputs, alpha=2.0 / total)
+        stats.tokens = total
+
+    def prune(self, weight: torch.Tensor, stats: Hessian | None, target: SparsityTarget) -> PruneResult:
+        rows, columns = weight.shape
+        if stats is None:  # no data seen: the identity Hessian makes this magnitude pruning
+            hessian = torch.eye(columns, dtype=torch.float32, device=weight.device)
+        else:
+            hessian = stats.matrix.clone()
+        dead = torch.diag(hessian) == 0
+        hessian[dead, dead] = 1.0
+        weight[:, dead] = 0.0
+        hinv = inverse_hessian_factor(hessian, self.percdamp)
+        keep = torch.ones_like(weight, dtype=torch.bool)
+        m = target.m
+        # Blocks hold whole N:M groups, so a group never straddles two blocks.
+        blocksize = self.blocksize if m is None else max(m, (self.blocksize // m) * m)
+
+        for start in range(0, columns, blocksize):
+            end = min(start + blocksize, columns)
+            block = weight[:, start:end].clone()
+            block_hinv = hinv[start:end, start:end]
+            block_diag = torch.diag(block_hinv)
+            errors = torch.zeros_like(block)
+            prune_block = torch.zeros_like(block, dtype=torch.bool)
+            if m is None:
+                # Adaptive mask selection: choose the pruned set over the whole block at once.
+                saliency = block.square() / block_diag.square().unsqueeze(0)
+                count = int(saliency.numel() * target.sparsity)
+                if count:
+                    lowest = torch.topk(saliency.reshape(-1), count, largest=False).indices
+                    prune_block.view(-1)[lowest] = True
+            for j in range(end - start):
+                if m is not None and j % m == 0:
+                    group = block[:, j : j + m].square() / block_diag[j : j + m].square().unsqueeze(0)
+                    lowest = torch.topk(group, target.n, dim=1, largest=False).indices
+                    prune_block[:, j : j + m].scatter_(1, lowest, True)
+                column = block[:, j]
+                quantised = column.masked_fill(prune_block[:, j], 0.0)
+                error = (column - quantised) / block_hinv[j, j]
+                block[:, j:].sub_(error.unsqueeze(1) * block_hinv[j, j:].unsqueeze(0))
+                block[:, j] = quantised
+                errors[:, j] = error
+            weight[:, start:end] = block
+            keep[:, start:end] = ~prune_block
+            if end < columns:  # lazy batch update of everything right of the block
+                weight[:, end:].sub_(errors @ hinv[start:end, end:])
+        weight.masked_fill_(~keep, 0.0)
+        return PruneResult(keep=keep, weight=weight)
