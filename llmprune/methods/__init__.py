@@ -4,10 +4,11 @@ from __future__ import annotations
 from ..errors import LLMPruneError
 from .base import PruneResult, PruningMethod, SparsityTarget
 from .magnitude import Magnitude
+from .ria import RIA
 from .sparsegpt import SparseGPT
 from .wanda import Wanda
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Magnitude, Wanda, SparseGPT)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Magnitude, Wanda, SparseGPT, RIA)}
 
 
 def get_method(name: str | PruningMethod, **options) -> PruningMethod:
