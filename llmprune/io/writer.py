@@ -66,14 +66,35 @@ def write_report(folder: Path, report: dict) -> Path:
     return path
 
 
-def save_pruned_model(model, tokenizer, output_dir: str | Path, report: dict | None = None, overwrite: bool = False) -> Path:
-    """A standard model folder (safetensors, config, tokenizer) plus ``llmprune_report.json``."""
+SAVE_FORMATS = ("dense", "sparse")
+
+
+def save_pruned_model(
+    model,
+    tokenizer,
+    output_dir: str | Path,
+    report: dict | None = None,
+    overwrite: bool = False,
+    save_format: str = "dense",
+) -> Path:
+    """A standard model folder (safetensors, config, tokenizer) plus ``llmprune_report.json``.
+
+    ``save_format="sparse"`` stores the pruned layers in the compressed-tensors bitmask
+    layouts (see ``llmprune.io.sparse``); ``"dense"`` loads anywhere.
+    """
+    if save_format not in SAVE_FORMATS:
+        raise LLMPruneError(f"unknown save format '{save_format}' (use {' or '.join(SAVE_FORMATS)})")
     target = Path(output_dir).expanduser()
     needed = sum(p.numel() * p.element_size() for p in model.parameters())
     check_free_space(target.parent, int(needed * 1.05) + 2**20)
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        if save_format == "sparse":
+            from .sparse import save_sparse_model
+
+            save_sparse_model(model, tmp, report)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:

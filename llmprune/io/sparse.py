@@ -1,0 +1,369 @@
+"""Compressed sparse safetensors in the compressed-tensors layouts, and reading them back.
+
+Two layouts, both keyed by the module name ``M`` of a weight ``M.weight`` (the convention
+compressed-tensors readers expect, so vLLM and friends can load our folders):
+
+* ``sparse-bitmask`` (any pattern): ``M.compressed`` holds the non-zero values row by row
+  (1-D, original dtype), ``M.bitmask`` (uint8, rows x ceil(cols/8)) marks where they sit,
+  bits packed little-endian along each row, ``M.shape`` (int64 [rows, cols]) and
+  ``M.row_offsets`` (int64 [rows]) the start of each row inside ``compressed``.
+* ``sparse-24-bitmask`` (2:4 only): ``M.compressed`` is rows x cols/2, exactly two values
+  per group of four, ``M.bitmask`` and ``M.shape`` as above.
+
+Zeros are found by value (``w != 0``), so a negative zero comes back as ``+0.0``; every
+other bit pattern, NaN included, round-trips exactly.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import LLMPruneError
+
+UNSTRUCTURED = "unstructured"
+SPARSE_BITMASK = "sparse-bitmask"
+SPARSE_24_BITMASK = "sparse-24-bitmask"
+FORMAT_FOR_STRUCTURE = {UNSTRUCTURED: SPARSE_BITMASK, "2:4": SPARSE_24_BITMASK}
+PARTS = ("compressed", "bitmask", "shape", "row_offsets")
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+
+# --- single tensors -------------------------------------------------------------------------
+
+def pack_bitmask(mask: torch.Tensor) -> torch.Tensor:
+    """A 2-D bool mask as uint8 rows x ceil(cols/8), bit j of byte k = column 8k+j."""
+    packed = np.packbits(mask.cpu().numpy(), axis=-1, bitorder="little")
+    return torch.from_numpy(packed)
+
+
+def unpack_bitmask(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
+    bits = np.unpackbits(bitmask.cpu().numpy(), axis=-1, count=cols, bitorder="little")
+    return torch.from_numpy(bits.view(np.bool_))
+
+
+def _check_2d(name: str, weight: torch.Tensor) -> None:
+    if weight.dim() != 2:
+        raise LLMPruneError(f"{name}: only 2-D weights can be stored sparse (got shape {list(weight.shape)})")
+
+
+def compress_bitmask(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``sparse-bitmask`` tensors for the weight of module ``name``."""
+    _check_2d(name, weight)
+    weight = weight.detach().cpu().contiguous()
+    mask = weight != 0
+    counts = mask.sum(dim=1, dtype=torch.int64)
+    return {
+        f"{name}.compressed": weight[mask],
+        f"{name}.bitmask": pack_bitmask(mask),
+        f"{name}.shape": torch.tensor(list(weight.shape), dtype=torch.int64),
+        f"{name}.row_offsets": torch.cumsum(counts, 0) - counts,
+    }
+
+
+def twofour_violations(weight: torch.Tensor) -> int:
+    """How many groups of 4 consecutive inputs hold more than 2 non-zeros (-1: columns not a multiple of 4)."""
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return -1
+    nonzero = (weight != 0).reshape(weight.shape[0], -1, 4)
+    return int((nonzero.sum(dim=-1) > 2).sum())
+
+
+def compress_24(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``sparse-24-bitmask`` tensors; refuses a weight that is not 2:4 sparse."""
+    _check_2d(name, weight)
+    weight = weight.detach().cpu().contiguous()
+    rows, cols = weight.shape
+    bad = twofour_violations(weight)
+    if bad == -1:
+        raise LLMPruneError(f"{name}: 2:4 format needs a column count divisible by 4 (got {cols})")
+    if bad:
+        raise LLMPruneError(
+            f"{name} is not 2:4 sparse: {bad} of {rows * cols // 4} groups of 4 hold more than 2 non-zeros "
+            f"(prune it with --pattern 2:4, or save it with --save-format dense)"
+        )
+    nonzero = (weight != 0).reshape(rows, cols // 4, 4)
+    # The layout needs exactly two slots per group: keep the non-zeros, then fill the
+    # group with its leftmost zeros (stored as the zero bits they are, so still exact).
+    missing = 2 - nonzero.sum(dim=-1, keepdim=True)
+    zero_rank = torch.cumsum(~nonzero, dim=-1)
+    keep = (nonzero | (~nonzero & (zero_rank <= missing))).reshape(rows, cols)
+    return {
+        f"{name}.compressed": weight[keep].reshape(rows, cols // 2),
+        f"{name}.bitmask": pack_bitmask(keep),
+        f"{name}.shape": torch.tensor([rows, cols], dtype=torch.int64),
+    }
+
+
+def decompress(parts: dict[str, torch.Tensor], name: str = "tensor") -> torch.Tensor:
+    """The dense weight from its parts (keys without the module prefix); either layout."""
+    try:
+        rows, cols = (int(v) for v in parts["shape"].reshape(-1).tolist())
+        values = parts["compressed"].reshape(-1)
+        mask = unpack_bitmask(parts["bitmask"], cols)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise LLMPruneError(f"{name}: malformed compressed tensor ({type(exc).__name__}: {exc})") from None
+    if tuple(mask.shape) != (rows, cols) or int(mask.sum()) != values.numel():
+        raise LLMPruneError(
+            f"{name}: bitmask does not match its values ({int(mask.sum())} bits set for {values.numel()} values)"
+        )
+    dense = torch.zeros(rows, cols, dtype=values.dtype)
+    dense[mask] = values  # row-major, the order the values were taken in
+    return dense
+
+
+# --- choosing what to compress ---------------------------------------------------------------
+
+def bitmask_bytes(weight: torch.Tensor) -> int:
+    """Bytes the ``sparse-bitmask`` layout takes for this weight."""
+    rows, cols = weight.shape
+    nonzeros = int(torch.count_nonzero(weight))
+    return nonzeros * weight.element_size() + rows * ((cols + 7) // 8) + 8 * rows + 16
+
+
+def compress_state_dict(
+    state_dict: dict[str, torch.Tensor], targets: Iterable[str], structure: str = UNSTRUCTURED
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """(tensors to write, modules compressed, target modules left dense).
+
+    ``targets`` are module names whose ``.weight`` should be compressed. Under the
+    unstructured layout a weight that would not get smaller (a layer left dense) is
+    stored as it is; under 2:4 every target must be 2:4 or the save is refused.
+    """
+    if structure not in FORMAT_FOR_STRUCTURE:
+        raise LLMPruneError(f"unknown sparsity structure '{structure}' (use {', '.join(FORMAT_FOR_STRUCTURE)})")
+    wanted = {f"{t}.weight" for t in targets}
+    out: dict[str, torch.Tensor] = {}
+    compressed, left_dense = [], []
+    for key, tensor in state_dict.items():
+        if key not in wanted or tensor.dim() != 2:
+            out[key] = tensor
+            continue
+        module = key[: -len(".weight")]
+        if structure == "2:4":
+            out.update(compress_24(module, tensor))
+            compressed.append(module)
+        elif bitmask_bytes(tensor) < tensor.numel() * tensor.element_size():
+            out.update(compress_bitmask(module, tensor))
+            compressed.append(module)
+        else:
+            out[key] = tensor
+            left_dense.append(module)
+    return out, compressed, left_dense
+
+
+# --- folders ---------------------------------------------------------------------------------
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def write_sharded(
+    tensors: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> list[str]:
+    """``model.safetensors``, or numbered shards plus ``model.safetensors.index.json``.
+
+    The parts of one compressed weight stay in one shard so a reader can decompress
+    it from a single file.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in tensors:
+        stem, _, suffix = key.rpartition(".")
+        groups.setdefault(stem if suffix in PARTS else key, []).append(key)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for keys in groups.values():
+        group_bytes = sum(_nbytes(tensors[k]) for k in keys)
+        if shards[-1] and size + group_bytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].extend(keys)
+        size += group_bytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        save_file({k: tensors[k].contiguous() for k in shards[0]}, folder / SAFE_WEIGHTS_NAME, metadata=metadata)
+        return [SAFE_WEIGHTS_NAME]
+    names, weight_map = [], {}
+    for i, keys in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: tensors[k].contiguous() for k in keys}, folder / name, metadata=metadata)
+        weight_map.update({k: name for k in keys})
+        names.append(name)
+    index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())}, "weight_map": weight_map}
+    (folder / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return names
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The safetensors files of a model folder, in index order when there is an index."""
+    folder = Path(folder)
+    index = folder / SAFE_INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise LLMPruneError(f"{index} is not a valid safetensors index ({exc})") from None
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise LLMPruneError(f"weight file missing: {missing[0]}")
+    if not files:
+        raise LLMPruneError(f"no .safetensors weights in {folder}")
+    return files
+
+
+def iter_dense_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, dense tensor) for every weight of a folder, decompressing one weight at a time.
+
+    Only one dense copy of one weight is made at a time; the parts of a compressed
+    weight may sit in different shards (other writers do not promise otherwise).
+    """
+    handles = [safe_open(str(path), framework="pt", device="cpu") for path in weight_files(folder)]
+    where: dict[str, object] = {}
+    for handle in handles:
+        for key in handle.keys():
+            where[key] = handle
+    parts_of: dict[str, dict[str, str]] = {}
+    for key in where:
+        stem, _, suffix = key.rpartition(".")
+        if suffix in PARTS:
+            parts_of.setdefault(stem, {})[suffix] = key
+    compressed = {stem for stem, parts in parts_of.items() if "compressed" in parts and "bitmask" in parts}
+    for key, handle in where.items():
+        stem, _, suffix = key.rpartition(".")
+        if stem not in compressed or suffix not in PARTS:
+            yield key, handle.get_tensor(key)
+        elif suffix == "compressed":
+            parts = {part: where[k].get_tensor(k) for part, k in parts_of[stem].items()}
+            yield f"{stem}.weight", decompress(parts, stem)
+
+
+def sparsity_config(folder_or_config: str | Path | dict) -> dict | None:
+    """The ``sparsity_config`` of a compressed-tensors folder (or config dict), else None."""
+    if isinstance(folder_or_config, dict):
+        config = folder_or_config
+    else:
+        path = Path(folder_or_config) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise LLMPruneError(f"{path} is not valid JSON ({exc})") from None
+    quant = config.get("quantization_config") or {}
+    if quant.get("quant_method") != "compressed-tensors":
+        return None
+    return quant.get("sparsity_config") or None
+
+
+def quantization_config(structure: str, global_sparsity: float, targets: list[str], ignore: list[str]) -> dict:
+    """The ``quantization_config`` entry announcing the sparse layout in config.json."""
+    fmt = FORMAT_FOR_STRUCTURE[structure]
+    return {
+        "quant_method": "compressed-tensors",
+        "format": fmt,
+        "sparsity_config": {
+            "format": fmt,
+            "global_sparsity": round(float(global_sparsity), 6),
+            "sparsity_structure": structure,
+            "targets": targets,
+            "ignore": ignore,
+        },
+        "config_groups": {},
+    }
+
+
+# --- whole models ----------------------------------------------------------------------------
+
+def _untied_state_dict(model) -> dict[str, torch.Tensor]:
+    """The state dict without aliases (tied embeddings), keeping the names transformers reloads."""
+    state_dict = model.state_dict()
+    try:  # transformers knows which name of a tied pair it expects back
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+        return remove_tied_weights_from_state_dict(state_dict, model)
+    except ImportError:  # pragma: no cover - older transformers: keep the first name per storage
+        seen: set[tuple[int, int]] = set()
+        out = {}
+        for key, tensor in state_dict.items():
+            ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            if ident not in seen:
+                seen.add(ident)
+                out[key] = tensor
+        return out
+
+
+def default_targets(model) -> list[str]:
+    """Every linear layer inside the decoder blocks (what the pruning engine prunes by default)."""
+    from ..models import find_blocks, is_linear
+
+    prefix, blocks = find_blocks(model)
+    return [
+        f"{prefix}.{i}.{name}"
+        for i, block in enumerate(blocks)
+        for name, module in block.named_modules()
+        if is_linear(module)
+    ]
+
+
+def structure_for_pattern(pattern: str | None) -> str:
+    """The layout for a pruning pattern: 2:4 gets its own; anything else is stored as a bitmask."""
+    return "2:4" if pattern and pattern.replace(" ", "") == "2:4" else UNSTRUCTURED
+
+
+def save_sparse_model(
+    model,
+    folder: str | Path,
+    report: dict | None = None,
+    structure: str | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> dict:
+    """Weights in the compressed layout, config.json (with ``quantization_config``), generation config.
+
+    The pruned layers are the report's ``layers`` when given, else every linear layer of
+    the blocks. Returns the ``quantization_config`` written.
+    """
+    from ..models import is_linear
+
+    folder = Path(folder)
+    report = report or {}
+    structure = structure or structure_for_pattern(report.get("pattern"))
+    modules = dict(model.named_modules())
+    targets = [name for name in (report.get("layers") or {}) if name in modules] or default_targets(model)
+    state_dict = _untied_state_dict(model)
+    tensors, compressed, left_dense = compress_state_dict(state_dict, targets, structure)
+    if not compressed:
+        raise LLMPruneError("no layer got smaller in the sparse format (is the model pruned?); save it dense instead")
+    write_sharded(tensors, folder, max_shard_bytes)
+
+    # global_sparsity: the report's figure over the pruned layers when there is one,
+    # else the share of zeros over the weights written compressed.
+    sparsity = report.get("total_sparsity")
+    if sparsity is None:
+        weights = [state_dict[f"{m}.weight"] for m in compressed]
+        total = sum(w.numel() for w in weights)
+        sparsity = 1 - sum(int(torch.count_nonzero(w)) for w in weights) / total
+    compressed_set = set(compressed)
+    ignore = [name for name, module in modules.items() if is_linear(module) and name not in compressed_set]
+    quant = quantization_config(structure, sparsity, ["Linear"], ignore)
+
+    model.config.save_pretrained(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = str(model.dtype).removeprefix("torch.")
+    config["architectures"] = [type(model).__name__]
+    config["quantization_config"] = quant
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(folder)
+    return quant
