@@ -153,7 +153,7 @@ class _BlockPruner:
 
     def prune_layer(self, name: str) -> None:
         layer = self.layers[name]
-        weight = weight_matrix(layer).float().clone()
+        weight = _working_copy(layer)
         result = self.method.prune(weight, self.stats.get(name), self.target)
         new_weight = result.weight if result.weight is not None else weight
         set_weight_matrix(layer, new_weight.masked_fill(~result.keep, 0.0))
@@ -168,6 +168,11 @@ class _BlockPruner:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _working_copy(layer: nn.Module) -> torch.Tensor:
+    """A contiguous float32 (rows x columns) copy of a layer's weight for a method to work on."""
+    return weight_matrix(layer).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
 def _run_block(block: nn.Module, inputs: list[BlockInputs], after_call: Callable[[], None]) -> list[torch.Tensor]:
@@ -210,7 +215,7 @@ def prune_blocks(
         pruner = _BlockPruner(method, target, layers, prune_on_sight=single_pass) if needs_data else None
         if not needs_data:
             for name, layer in layers.items():
-                weight = weight_matrix(layer).float().clone()
+                weight = _working_copy(layer)
                 result = method.prune(weight, None, target)
                 set_weight_matrix(layer, weight.masked_fill(~result.keep, 0.0))
         elif single_pass:
