@@ -17,6 +17,7 @@ from ..errors import LLMPruneError
 # command name -> module inside llmprune.cli
 COMMANDS: dict[str, str] = {
     "prune": "prune",
+    "inspect": "inspect",
 }
 DEFAULT_COMMAND = "prune"
 

@@ -69,12 +69,12 @@ def compress_bitmask(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]
     }
 
 
-def twofour_violations(weight: torch.Tensor) -> int:
-    """How many groups of 4 consecutive inputs hold more than 2 non-zeros (-1: columns not a multiple of 4)."""
-    if weight.dim() != 2 or weight.shape[1] % 4:
+def nm_violations(weight: torch.Tensor, n: int, m: int) -> int:
+    """Groups of ``m`` consecutive inputs holding more than ``n`` non-zeros (-1: columns not a multiple of m)."""
+    if weight.dim() != 2 or weight.shape[1] % m:
         return -1
-    nonzero = (weight != 0).reshape(weight.shape[0], -1, 4)
-    return int((nonzero.sum(dim=-1) > 2).sum())
+    nonzero = (weight != 0).reshape(weight.shape[0], -1, m)
+    return int((nonzero.sum(dim=-1) > n).sum())
 
 
 def compress_24(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -82,7 +82,7 @@ def compress_24(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
     _check_2d(name, weight)
     weight = weight.detach().cpu().contiguous()
     rows, cols = weight.shape
-    bad = twofour_violations(weight)
+    bad = nm_violations(weight, 2, 4)
     if bad == -1:
         raise LLMPruneError(f"{name}: 2:4 format needs a column count divisible by 4 (got {cols})")
     if bad:
