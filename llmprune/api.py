@@ -167,7 +167,7 @@ def run_prune(config) -> dict:
 
     Every input is checked before the model is loaded, so bad input costs nothing and writes nothing.
     """
-    from .io.writer import check_output_dir
+    from .io.writer import check_free_space, check_output_dir, model_bytes
 
     sparsity = config.sparsity if (config.sparsity is not None or config.pattern) else 0.5
     SparsityTarget.parse(sparsity, config.pattern)
@@ -179,7 +179,10 @@ def run_prune(config) -> dict:
     if config.save_format not in ("dense", "sparse"):
         raise LLMPruneError(f"unknown save format '{config.save_format}' (use dense or sparse)")
 
+    load_text(config.calibration, split="train")  # a missing or unreadable source fails before the model loads
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    if config.output:
+        check_free_space(Path(config.output).expanduser().absolute().parent, model_bytes(model))
     evaluation = {}
     if config.eval_ppl:
         evaluation["ppl_before"] = _wikipedia_ppl(model, tokenizer, config)

@@ -151,6 +151,9 @@ def load_causal_lm(spec: str, dtype: str | torch.dtype | None = None, device: st
     """(model, tokenizer, resolved_path) for a causal LM; the model stays on the CPU until pruned."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars cover the long work; loading is quick
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     path = resolve_model_path(spec)

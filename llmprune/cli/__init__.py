@@ -17,6 +17,7 @@ from ..errors import LLMPruneError
 # command name -> module inside llmprune.cli
 COMMANDS: dict[str, str] = {
     "prune": "prune",
+    "eval": "evaluate",
     "inspect": "inspect",
 }
 DEFAULT_COMMAND = "prune"
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = argv.pop(0) if argv and argv[0] in COMMANDS else DEFAULT_COMMAND
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors and --help; the message is already printed
+        return int(exit_.code or 0)
     try:
         return int(args._run(args) or 0)
     except LLMPruneError as exc:

@@ -23,6 +23,11 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
     return target
 
 
+def model_bytes(model) -> int:
+    """What a dense save of the model needs on disk, with a little room for metadata."""
+    return int(sum(p.numel() * p.element_size() for p in model.parameters()) * 1.05) + 2**20
+
+
 def check_free_space(parent: Path, needed_bytes: int) -> None:
     parent = parent if parent.exists() else parent.parent
     free = shutil.disk_usage(parent).free
@@ -85,8 +90,7 @@ def save_pruned_model(
     if save_format not in SAVE_FORMATS:
         raise LLMPruneError(f"unknown save format '{save_format}' (use {' or '.join(SAVE_FORMATS)})")
     target = Path(output_dir).expanduser()
-    needed = sum(p.numel() * p.element_size() for p in model.parameters())
-    check_free_space(target.parent, int(needed * 1.05) + 2**20)
+    check_free_space(target.absolute().parent, model_bytes(model))
 
     def fill(tmp: Path) -> None:
         if save_format == "sparse":
