@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "prune": "prune",
     "eval": "evaluate",
     "inspect": "inspect",
+    "decompress": "decompress",
 }
 DEFAULT_COMMAND = "prune"
 

@@ -84,3 +84,34 @@ def load_pretrained(folder: str | Path, dtype: str | torch.dtype | None = None, 
         raise LLMPruneError(f"cannot load the model folder {folder}: {exc}".splitlines()[0]) from None
     model.eval()
     return model.to(device) if device != "cpu" else model
+
+
+def decompress_folder(folder: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+    """A dense copy of a sparse folder, written atomically; other files are copied unchanged.
+
+    Works on the tensors alone (no model is built), so it also handles architectures
+    this transformers version does not know.
+    """
+    import shutil
+
+    from .sparse import SAFE_INDEX_NAME, write_sharded
+    from .writer import check_output_dir, write_folder_atomically
+
+    folder = Path(folder).expanduser()
+    config = read_config(folder)
+    if sparsity_config(config) is None:
+        raise LLMPruneError(f"{folder} is already dense (its config.json announces no sparse layout)")
+    check_output_dir(output, overwrite)
+    if Path(output).expanduser().resolve() == folder.resolve():
+        raise LLMPruneError("the output folder must differ from the sparse folder")
+    config.pop("quantization_config", None)
+
+    def fill(tmp: Path) -> None:
+        write_sharded(dict(iter_dense_tensors(folder)), tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for path in folder.iterdir():
+            weights = path.suffix == ".safetensors" or path.name == SAFE_INDEX_NAME
+            if path.is_file() and not weights and path.name != "config.json" and not path.name.startswith("."):
+                shutil.copy2(path, tmp / path.name)
+
+    return write_folder_atomically(Path(output).expanduser(), fill, overwrite=overwrite)
