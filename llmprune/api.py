@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .data import calibration_windows, load_text, tokenize_corpus
-from .engine import prune_blocks
+from .engine import capture_block_inputs, copy_inputs, measure_outlier_ratios, prunable_weight_count, prune_blocks
 from .errors import LLMPruneError
 from .io.writer import save_pruned_model
 from .methods import SparsityTarget, get_method
@@ -90,6 +90,9 @@ def prune(
     batch_size: int | None = None,
     calibration_ids: torch.Tensor | None = None,
     progress: bool = True,
+    owl: bool = False,
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
     **method_options,
 ) -> dict:
     """Prune ``model`` in place, block by block, and return the report.
@@ -98,9 +101,12 @@ def prune(
     come from ``calibration`` (``wikipedia``, a .txt/.jsonl file, or a hub dataset) unless
     ``calibration_ids`` (nsamples x seqlen token ids) are given. ``batch_size`` splits the
     calibration windows into chunks; by default they go through each block in one pass
-    when they fit in memory.
+    when they fit in memory. ``owl=True`` gives each block its own sparsity from its outlier
+    ratio (OWL: ``owl_m`` times the mean score counts as an outlier, sparsities within
+    ``sparsity +- owl_lambda``); the mean over pruned weights stays ``sparsity``.
     """
     target = SparsityTarget.parse(sparsity, pattern)
+    check_owl_options(target, owl, owl_m, owl_lambda)
     pruning_method = get_method(method, **method_options)
     device = resolve_device(device)
     limit = model_max_length(model)
@@ -109,7 +115,7 @@ def prune(
     started = time.perf_counter()
     source = "given token ids" if calibration_ids is not None else calibration
     chunks = None
-    if pruning_method.needs_calibration:
+    if pruning_method.needs_calibration or owl:
         if calibration_ids is None:
             if tokenizer is None:
                 raise LLMPruneError("a tokenizer is needed to build calibration windows")
@@ -119,13 +125,21 @@ def prune(
         chunks = list(torch.tensor_split(calibration_ids, count))
     was_training = model.training
     model.eval()
-    layers = prune_blocks(model, pruning_method, target, chunks, device, targets, ignore, progress)
+    owl_report, block_targets, inputs = None, None, None
+    if owl:
+        inputs = capture_block_inputs(model, chunks, device)
+        ratios = measure_outlier_ratios(model, chunks, owl_m, device, targets, ignore, progress, inputs=copy_inputs(inputs))
+        owl_report, block_targets = owl_allocation(model, ratios, target, owl_m, owl_lambda, targets, ignore)
+    layers = prune_blocks(
+        model, pruning_method, target, chunks, device, targets, ignore, progress,
+        block_targets=block_targets, inputs=inputs if pruning_method.needs_calibration else None,
+    )
     model.train(was_training)
     if not layers:
         raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
     total = sum(dict(model.named_modules())[name].weight.numel() for name in layers)
     zeros = sum(sparsity_ * dict(model.named_modules())[name].weight.numel() for name, sparsity_ in layers.items())
-    return {
+    report = {
         "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
         "method": pruning_method.name,
         "pattern": target.pattern,
@@ -145,6 +159,40 @@ def prune(
         "versions": versions(),
         "layers": layers,
     }
+    if owl_report is not None:
+        report["owl"] = owl_report
+    return report
+
+
+def check_owl_options(target: SparsityTarget, owl: bool, owl_m: float, owl_lambda: float) -> None:
+    if not owl:
+        return
+    if target.semi_structured:
+        raise LLMPruneError(
+            f"OWL gives blocks different sparsities, which an N:M pattern ({target.pattern}) cannot; "
+            "use --sparsity with --owl"
+        )
+    if not owl_m > 0:
+        raise LLMPruneError(f"--owl-m must be positive, got {owl_m}")
+    if not 0 <= owl_lambda < 1:
+        raise LLMPruneError(f"--owl-lambda must be in [0, 1), got {owl_lambda}")
+
+
+def owl_allocation(model, ratios: list[float], target: SparsityTarget, owl_m: float, owl_lambda: float, targets=None, ignore=None):
+    """(report entry, per-block targets) from the blocks' outlier ratios; used by both run modes."""
+    from .allocation import owl_sparsities
+    from .models import find_blocks
+
+    _, blocks = find_blocks(model)
+    sizes = [prunable_weight_count(block, targets, ignore) for block in blocks]
+    block_sparsity = owl_sparsities(ratios, target.sparsity, owl_lambda, sizes)
+    entry = {
+        "m": owl_m,
+        "lambda": owl_lambda,
+        "outlier_ratios": [round(r, 6) for r in ratios],
+        "block_sparsity": [round(s, 6) for s in block_sparsity],
+    }
+    return entry, [SparsityTarget(sparsity=s) for s in block_sparsity]
 
 
 def save_pretrained(model, tokenizer, output_dir: str | Path, report: dict | None = None, overwrite: bool = False, **options) -> Path:
@@ -170,7 +218,7 @@ def run_prune(config) -> dict:
     from .io.writer import check_free_space, check_output_dir, model_bytes
 
     sparsity = config.sparsity if (config.sparsity is not None or config.pattern) else 0.5
-    SparsityTarget.parse(sparsity, config.pattern)
+    check_owl_options(SparsityTarget.parse(sparsity, config.pattern), config.owl, config.owl_m, config.owl_lambda)
     get_method(config.method, **config.method_options)
     if config.output:
         check_output_dir(config.output, config.overwrite)
@@ -190,7 +238,8 @@ def run_prune(config) -> dict:
         model, tokenizer, method=config.method, sparsity=sparsity, pattern=config.pattern,
         calibration=config.calibration, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
         targets=config.targets, ignore=config.ignore, device=config.device, batch_size=config.batch_size,
-        progress=config.progress, **config.method_options,
+        progress=config.progress, owl=config.owl, owl_m=config.owl_m, owl_lambda=config.owl_lambda,
+        **config.method_options,
     )
     report["model"] = config.model
     if config.eval_ppl:

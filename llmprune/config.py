@@ -33,6 +33,10 @@ class PruneConfig:
     push_to_hub: str | None = None
     report: str | None = None  # where to write the report JSON when there is no --output
     progress: bool = True
+    owl: bool = False  # outlier-weighted per-block sparsities (unstructured only)
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    stream: bool = False  # load, prune and write one block at a time (never the whole model)
     method_options: dict = field(default_factory=dict)
 
     @classmethod

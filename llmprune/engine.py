@@ -189,6 +189,119 @@ def layer_sparsity(layer: nn.Module) -> float:
 
 
 @torch.no_grad()
+def prune_block(
+    block: nn.Module,
+    method: PruningMethod,
+    target: SparsityTarget,
+    inputs: list[BlockInputs] | None,
+    device: str | torch.device = "cpu",
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+) -> dict[str, float]:
+    """Prune one block's selected linear layers in place; returns name inside the block -> sparsity.
+
+    With ``inputs`` (the block's calibration inputs) the statistics come from them and each
+    item's hidden states are replaced by the block's outputs with the pruned weights, ready for
+    the next block; one input chunk means the fused single pass. Without, the method prunes
+    from the weights alone. The block visits ``device`` and goes back where it was. Both the
+    in-memory runner and the streaming runner call this, so their results are identical.
+    """
+    home = next(block.parameters()).device
+    block.to(device)
+    layers = prunable_layers(block, targets, ignore)
+    needs_data = method.needs_calibration and bool(inputs)
+    single_pass = needs_data and len(inputs) == 1
+    pruner = _BlockPruner(method, target, layers, prune_on_sight=single_pass) if needs_data else None
+    if not needs_data:
+        for name, layer in layers.items():
+            weight = _working_copy(layer)
+            result = method.prune(weight, None, target)
+            set_weight_matrix(layer, weight.masked_fill(~result.keep, 0.0))
+    elif single_pass:
+        outputs = _run_block(block, inputs, pruner.end_call)
+        pruner.prune_rest()  # layers the forward never reached (e.g. unrouted experts)
+    else:
+        _run_block(block, inputs, pruner.end_call)
+        pruner.prune_rest()
+        pruner.remove()
+        outputs = _run_block(block, inputs, lambda: None)
+    if pruner is not None:
+        pruner.remove()
+        for item, output in zip(inputs, outputs):
+            item.hidden = output
+    sparsities = {name: layer_sparsity(layer) for name, layer in layers.items()}
+    block.to(home)
+    return sparsities
+
+
+@torch.no_grad()
+def block_outlier_ratio(
+    block: nn.Module,
+    inputs: list[BlockInputs],
+    m: float,
+    device: str | torch.device = "cpu",
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+) -> float:
+    """OWL's outlier ratio of one dense block: the share of its Wanda scores above ``m`` x their mean.
+
+    Runs the block unpruned on ``inputs`` (gathering Wanda's input norms on the selected layers)
+    and replaces each item's hidden states by the dense outputs, so the next block is measured
+    on what the dense model feeds it.
+    """
+    from .allocation import outlier_ratio
+    from .methods.wanda import Wanda
+
+    home = next(block.parameters()).device
+    block.to(device)
+    layers = prunable_layers(block, targets, ignore)
+    recorder = _BlockPruner(Wanda(), SparsityTarget(0.0), layers, prune_on_sight=False)
+    try:
+        outputs = _run_block(block, inputs, recorder.end_call)
+    finally:
+        recorder.remove()
+    for item, output in zip(inputs, outputs):
+        item.hidden = output
+    scores = []
+    for name, layer in layers.items():
+        stats = recorder.stats.get(name)
+        weight = weight_matrix(layer).float().abs()
+        scores.append(weight if stats is None else weight * stats.sqrt().unsqueeze(0))
+    ratio = outlier_ratio(scores, m)
+    block.to(home)
+    return ratio
+
+
+def copy_inputs(inputs: list[BlockInputs]) -> list[BlockInputs]:
+    """Fresh hidden states over the same keyword arguments, for a second sweep over the blocks."""
+    return [BlockInputs(item.hidden.clone(), item.args, item.kwargs) for item in inputs]
+
+
+@torch.no_grad()
+def measure_outlier_ratios(
+    model: nn.Module,
+    chunks: list[torch.Tensor],
+    m: float = 5.0,
+    device: str | torch.device = "cpu",
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+    progress: bool = True,
+    inputs: list[BlockInputs] | None = None,
+) -> list[float]:
+    """OWL's outlier ratio of every block of the dense model, calibration propagated through dense blocks."""
+    _, blocks = find_blocks(model)
+    if inputs is None:
+        inputs = capture_block_inputs(model, chunks, device)
+    bar = tqdm(blocks, desc="OWL outlier ratios", unit="block", disable=not progress)
+    return [block_outlier_ratio(block, inputs, m, device, targets, ignore) for block in bar]
+
+
+def prunable_weight_count(block: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None) -> int:
+    """Weights the selected layers of one block hold (the weight OWL's mean is taken over)."""
+    return sum(layer.weight.numel() for layer in prunable_layers(block, targets, ignore).values())
+
+
+@torch.no_grad()
 def prune_blocks(
     model: nn.Module,
     method: PruningMethod,
@@ -198,39 +311,27 @@ def prune_blocks(
     targets: list[str] | None = None,
     ignore: list[str] | None = None,
     progress: bool = True,
+    block_targets: list[SparsityTarget] | None = None,
+    inputs: list[BlockInputs] | None = None,
 ) -> dict[str, float]:
-    """Prune every selected linear layer of every block in place; returns layer name -> sparsity."""
+    """Prune every selected linear layer of every block in place; returns layer name -> sparsity.
+
+    ``block_targets`` gives each block its own target (OWL); ``target`` then only names the run.
+    ``inputs`` are already captured block-0 inputs (they are consumed), instead of capturing
+    them from ``chunks``.
+    """
     path, blocks = find_blocks(model)
+    if block_targets is not None and len(block_targets) != len(blocks):
+        raise LLMPruneError(f"{len(block_targets)} block targets given for {len(blocks)} blocks")
     check_pattern_fits(model, target, targets, ignore)
-    needs_data = method.needs_calibration and chunks
-    inputs = capture_block_inputs(model, chunks, device) if needs_data else None
-    single_pass = needs_data and len(inputs) == 1
+    needs_data = method.needs_calibration and (chunks or inputs)
+    if needs_data and inputs is None:
+        inputs = capture_block_inputs(model, chunks, device)
     sparsities: dict[str, float] = {}
 
     bar = tqdm(blocks, desc=f"{method.name} {target.describe()}", unit="block", disable=not progress)
     for index, block in enumerate(bar):
-        home = next(block.parameters()).device
-        block.to(device)
-        layers = prunable_layers(block, targets, ignore)
-        pruner = _BlockPruner(method, target, layers, prune_on_sight=single_pass) if needs_data else None
-        if not needs_data:
-            for name, layer in layers.items():
-                weight = _working_copy(layer)
-                result = method.prune(weight, None, target)
-                set_weight_matrix(layer, weight.masked_fill(~result.keep, 0.0))
-        elif single_pass:
-            outputs = _run_block(block, inputs, pruner.end_call)
-            pruner.prune_rest()  # layers the forward never reached (e.g. unrouted experts)
-        else:
-            _run_block(block, inputs, pruner.end_call)
-            pruner.prune_rest()
-            pruner.remove()
-            outputs = _run_block(block, inputs, lambda: None)
-        if pruner is not None:
-            pruner.remove()
-            for item, output in zip(inputs, outputs):
-                item.hidden = output
-        for name, layer in layers.items():
-            sparsities[f"{path}.{index}.{name}"] = layer_sparsity(layer)
-        block.to(home)
+        block_target = target if block_targets is None else block_targets[index]
+        result = prune_block(block, method, block_target, inputs if needs_data else None, device, targets, ignore)
+        sparsities.update({f"{path}.{index}.{name}": value for name, value in result.items()})
     return sparsities

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--pattern", help="N:M semi-structured sparsity instead, e.g. 2:4 or 4:8")
     what.add_argument("--targets", type=_patterns, help="comma-separated layer names/globs to prune (default: every linear layer in the blocks)")
     what.add_argument("--ignore", type=_patterns, help="comma-separated layer names/globs to leave alone, e.g. 'mlp.down_proj' or 're:.*\\.0\\..*'")
+    what.add_argument("--owl", action="store_true", default=None, help="OWL: per-block sparsities from outlier ratios, mean = --sparsity (unstructured only)")
+    what.add_argument("--owl-m", type=float, help="OWL: a score above M x the block's mean is an outlier (default: 5)")
+    what.add_argument("--owl-lambda", type=float, help="OWL: block sparsities stay within sparsity +- lambda (default: 0.08)")
     data = parser.add_argument_group("calibration")
     data.add_argument("--calibration", help="wikipedia (default), a .txt/.jsonl/.json file, or a hub dataset")
     data.add_argument("--nsamples", type=int, help="calibration windows (default: 128)")
@@ -47,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--batch-size", type=int, help="windows per forward chunk (default: all at once when they fit in memory)")
     run = parser.add_argument_group("hardware")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: float32 on CPU, bfloat16 on GPU)")
+    run.add_argument("--stream", action="store_true", default=None, help="stream the model from its safetensors one block at a time (automatic when it does not fit in memory)")
     run.add_argument("--device", help="cpu, cuda or auto (default: auto); only the block being pruned sits on it")
     out = parser.add_argument_group("output and evaluation")
     out.add_argument("--output", help="folder for the pruned model and llmprune_report.json")
@@ -82,6 +86,9 @@ def print_summary(report: dict) -> None:
     if "ppl_before" in ppl:
         print(f"\n{'wikipedia test perplexity':<28}{'before':>10}{'after':>10}")
         print(f"{'':<28}{ppl['ppl_before']:>10.2f}{ppl['ppl_after']:>10.2f}")
+    if report.get("owl"):
+        spread = report["owl"]["block_sparsity"]
+        print(f"OWL block sparsities: {min(spread):.1%} .. {max(spread):.1%} (lambda {report['owl']['lambda']})")
     if report.get("output"):
         print(f"\nsaved to {report['output']}")
 
