@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate",
     "inspect": "inspect",
     "decompress": "decompress",
+    "push": "push",
 }
 DEFAULT_COMMAND = "prune"
 
