@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from ..errors import LLMPruneError
 from .corpora import hub_offline, hub_reachable
-from .tasks import OFFLINE_TASKS, tasks_dir
+from .tasks import OFFLINE_TASKS, task_data_files, tasks_dir
 
 OFFLINE_TAG = "llmprune_offline"
 # lm-eval's default of 100,000 bootstrap resamples for perplexity-style stderrs takes minutes on
@@ -85,20 +85,10 @@ def _metrics_of(task_results: dict) -> dict:
     return out
 
 
-def run_tasks(
-    model,
-    tokenizer,
-    tasks: str | list[str],
-    num_fewshot: int | None = None,
-    limit: int | float | None = None,
-    batch_size: int = 4,
-    bootstrap_iters: int = DEFAULT_BOOTSTRAP,
-    seed: int = 0,
-    verbose: bool = False,
-) -> dict:
-    """Run lm-eval ``tasks`` on the in-memory ``model``; returns {task: {metric: value}, ...}.
+def prepare_tasks(tasks: str | list[str], num_fewshot: int | None = None, limit: int | float | None = None):
+    """Check the task names and options, and that hub tasks can reach their data; (names, manager).
 
-    ``limit``: at most this many documents per task (a float in (0, 1) is a fraction).
+    Separate from ``run_tasks`` so callers can fail before minutes of other evaluation.
     """
     names = parse_tasks(tasks)
     if not names:
@@ -116,6 +106,28 @@ def run_tasks(
             f"task(s) {', '.join(hub_tasks)} need their data from the Hugging Face hub, which is not reachable; "
             f"offline tasks: {', '.join(OFFLINE_TASKS)}"
         )
+    for name in names:  # generate the offline tasks' data now (a fraction of a second, once)
+        for task in OFFLINE_TASKS if name == OFFLINE_TAG else [name] if name in OFFLINE_TASKS else []:
+            task_data_files(task)
+    return names, manager
+
+
+def run_tasks(
+    model,
+    tokenizer,
+    tasks: str | list[str],
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 4,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict:
+    """Run lm-eval ``tasks`` on the in-memory ``model``; returns {task: {metric: value}, ...}.
+
+    ``limit``: at most this many documents per task (a float in (0, 1) is a fraction).
+    """
+    names, manager = prepare_tasks(tasks, num_fewshot, limit)
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM

@@ -1,0 +1,107 @@
+"""Evaluate a causal language model: perplexity and lm-eval tasks, on the in-memory model.
+
+Perplexity follows the SparseGPT/Wanda protocol: the split is tokenised once, cut into
+non-overlapping windows of --seqlen tokens (the remainder dropped), and
+ppl = exp(mean negative log-likelihood of every predicted token).
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import LLMPruneError
+
+HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_ppl, rt_sentiment, wiki_topic)"
+EPILOG = """examples:
+  llmprune eval --model llama                                  # bundled Wikipedia test perplexity
+  llmprune eval --model out/llama-wanda-50 --tasks rt_sentiment,wiki_topic --limit 200 --json eval.json
+  llmprune eval --model llama --ppl wikipedia,my_notes.txt --seqlen 256 --eval-windows 40
+  llmprune eval --model Qwen/Qwen3-0.6B --ppl wikitext2,c4 --tasks hellaswag,arc_easy   # needs the network
+
+perplexity sources: wikipedia (bundled, default), wikitext2, ptb, c4 (hub, papers' protocol),
+a local .txt/.jsonl/.json file, or another hub dataset (name or name:config); 'none' for no perplexity.
+tasks: any lm-eval task name, or the offline tasks in eval/tasks (the tag llmprune_offline runs all three).
+"""
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, prune_command: bool = False) -> None:
+    """The evaluation flags; ``prune_command=True`` adds them to the prune command.
+
+    There ``--seqlen`` and ``--batch-size`` belong to calibration, so evaluation uses
+    ``--eval-seqlen`` / ``--eval-batch-size``, and flags that command already defines are skipped.
+    Destinations are the same either way: ppl, tasks, num_fewshot, limit, eval_seqlen,
+    eval_windows, eval_batch_size (see ``eval_options``).
+    """
+    group = parser.add_argument_group("evaluation")
+    taken = set(parser._option_string_actions)  # argparse has no public "is this flag defined"
+
+    def add(flag: str, **kwargs) -> None:
+        if flag not in taken:
+            group.add_argument(flag, **kwargs)
+
+    add("--ppl", metavar="SOURCES", default=None if prune_command else "wikipedia",
+        help="comma-separated perplexity sources: wikipedia, wikitext2, ptb, c4, a .txt/.jsonl file, or none"
+        + ("" if prune_command else " (default: wikipedia)"))
+    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_ppl, rt_sentiment, wiki_topic)")
+    add("--num-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
+    add("--limit", type=float, help="at most this many documents per lm-eval task (below 1: a fraction)")
+    add("--eval-seqlen" if prune_command else "--seqlen", dest="eval_seqlen", type=int, default=None,
+        help="perplexity window length in tokens (default: 512)")
+    add("--eval-windows", dest="eval_windows", type=int, default=None,
+        help="score at most this many windows from the start (default: all; c4: 256)")
+    add("--eval-batch-size" if prune_command else "--batch-size", dest="eval_batch_size", type=int, default=None,
+        help="windows / lm-eval requests per forward pass (default: 4)")
+
+
+def eval_options(args: argparse.Namespace) -> dict:
+    """``evaluate()`` keyword arguments from parsed flags (absent flags keep evaluate's defaults)."""
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit >= 1:
+        limit = int(limit)  # lm-eval reads a float as a fraction only below 1
+    options = {
+        "ppl": getattr(args, "ppl", None),
+        "tasks": getattr(args, "tasks", None),
+        "num_fewshot": getattr(args, "num_fewshot", None),
+        "limit": limit,
+        "max_windows": getattr(args, "eval_windows", None),
+        "progress": getattr(args, "progress", None) is not False,
+    }
+    if getattr(args, "eval_seqlen", None) is not None:
+        options["seqlen"] = args.eval_seqlen
+    if getattr(args, "eval_batch_size", None) is not None:
+        options["batch_size"] = args.eval_batch_size
+    return options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("model")
+    what.add_argument("--model", required=True, help="alias (llama), model folder (a pruned output too), .gguf file or hub id")
+    what.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: float32 on CPU, bfloat16 on GPU)")
+    what.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    add_eval_arguments(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    out.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import load_causal_lm, resolve_device
+    from ..evaluate.run import evaluate, format_table, write_results
+
+    options = eval_options(args)
+    if options["max_windows"] is not None and options["max_windows"] < 1:
+        raise LLMPruneError("--eval-windows must be positive")
+    if args.json:  # fail before minutes of evaluation, not after
+        from pathlib import Path
+
+        parent = Path(args.json).expanduser().parent
+        if not parent.is_dir():
+            raise LLMPruneError(f"cannot write {args.json}: the folder {parent} does not exist")
+    device = resolve_device(args.device)
+    model, tokenizer, path = load_causal_lm(args.model, dtype=args.dtype, device=device)
+    model.to(device)
+    results = evaluate(model, tokenizer, **options)
+    results["model"] = {"spec": args.model, "path": path, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "device": device}
+    print(format_table(results))
+    if args.json:
+        print(f"\nresults written to {write_results(results, args.json)}")
+    return 0
