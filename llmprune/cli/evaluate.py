@@ -45,7 +45,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, prune_command: bool = Fa
     add("--num-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
     add("--limit", type=float, help="at most this many documents per lm-eval task (below 1: a fraction)")
     add("--eval-seqlen" if prune_command else "--seqlen", dest="eval_seqlen", type=int, default=None,
-        help="perplexity window length in tokens (default: 512)")
+        help="perplexity window length in tokens (default: 512, or the model's context if shorter)")
     add("--eval-windows", dest="eval_windows", type=int, default=None,
         help="score at most this many windows from the start (default: all; c4: 256)")
     add("--eval-batch-size" if prune_command else "--batch-size", dest="eval_batch_size", type=int, default=None,

@@ -17,6 +17,7 @@ from .harness import DEFAULT_BOOTSTRAP, parse_tasks, prepare_tasks, run_tasks
 from .perplexity import eval_windows, perplexity
 
 RESULTS_FORMAT = 1
+DEFAULT_SEQLEN = 512
 
 
 def parse_sources(ppl: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -41,7 +42,7 @@ def evaluate(
     tokenizer,
     ppl: str | list[str] | None = "wikipedia",
     tasks: str | list[str] | None = None,
-    seqlen: int = 512,
+    seqlen: int | None = None,
     max_windows: int | None = None,
     batch_size: int = 4,
     split: str = "test",
@@ -52,6 +53,8 @@ def evaluate(
 ) -> dict:
     """Perplexity on each of ``ppl`` (sources) and the lm-eval ``tasks``; returns a JSON-able dict.
 
+    ``seqlen`` defaults to 512 tokens (the model's context when that is shorter).
+
     ``{"ppl": {source: PerplexityResult.as_dict()}, "lm_eval": {"tasks": {task: {metric: value}}, ...},
     "settings": {...}, "versions": {...}}``; sections that were not asked for are absent.
     """
@@ -59,8 +62,10 @@ def evaluate(
     task_names = parse_tasks(tasks)
     if not sources and not task_names:
         raise LLMPruneError("nothing to evaluate: give perplexity sources (--ppl) and/or lm-eval tasks (--tasks)")
+    context = model_max_length(model)
+    if seqlen is None:  # the protocol's 512, or the whole context of a model with less
+        seqlen = min(DEFAULT_SEQLEN, context or DEFAULT_SEQLEN)
     if sources:
-        context = model_max_length(model)
         if context is not None and seqlen > context:
             raise LLMPruneError(f"--seqlen {seqlen} exceeds the model's context of {context} tokens")
     # Load and tokenise every corpus and check every task before scoring anything, so a missing
@@ -81,16 +86,17 @@ def evaluate(
         },
         "versions": _versions(),
     }
-    if sources:
-        results["ppl"] = {
-            source: perplexity(model, tokenizer, source, split, seqlen, max_windows, batch_size, progress).as_dict()
-            for source in sources
-        }
+    # lm-eval first: a hub task that cannot load its data fails before minutes of perplexity.
     if task_names:
         results["lm_eval"] = run_tasks(
             model, tokenizer, task_names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
             bootstrap_iters=bootstrap_iters,
         )
+    if sources:
+        results["ppl"] = {
+            source: perplexity(model, tokenizer, source, split, seqlen, max_windows, batch_size, progress).as_dict()
+            for source in sources
+        }
     return results
 
 
