@@ -126,12 +126,18 @@ def compress_24(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
             f"{name} is not 2:4 sparse: {bad} of {rows * cols // 4} groups of 4 hold more than 2 non-zeros "
             f"(prune it with --pattern 2:4, or save it with --save-format dense)"
         )
-    keep = nonzero
-    if (counts < 2).any():
+    keep = nonzero.reshape(-1, 4)
+    short = np.flatnonzero(counts.reshape(-1) < 2)
+    if short.size:
         # The layout needs exactly two slots per group: keep the non-zeros, then fill the
         # group with its leftmost zeros (stored as the zero bits they are, so still exact).
-        zero_rank = np.cumsum(~nonzero, axis=-1, dtype=np.int8)
-        keep = nonzero | (~nonzero & (zero_rank <= (2 - counts.astype(np.int8))[..., None]))
+        # Only the groups short of two are touched: they are few but not rare (weights
+        # dequantised from 4-bit hold many exact zeros).
+        groups = keep[short]
+        zero_rank = np.cumsum(~groups, axis=-1, dtype=np.int8)
+        missing = (2 - counts.reshape(-1)[short].astype(np.int8))[:, None]
+        keep = keep.copy()
+        keep[short] = groups | (~groups & (zero_rank <= missing))
     keep = keep.reshape(rows, cols)
     return {
         f"{name}.compressed": _values(bits, keep, weight.dtype).reshape(rows, cols // 2),
@@ -393,7 +399,8 @@ def save_sparse_model(
     if sparsity is None:
         weights = [state_dict[f"{m}.weight"] for m in compressed]
         total = sum(w.numel() for w in weights)
-        sparsity = 1 - sum(int(torch.count_nonzero(w)) for w in weights) / total
+        nonzeros = sum(int(np.count_nonzero(_nonzero(_bits(w), w.is_floating_point()))) for w in weights)
+        sparsity = 1 - nonzeros / total
     compressed_set = set(compressed)
     ignore = [name for name, module in modules.items() if is_linear(module) and name not in compressed_set]
     quant = quantization_config(structure, sparsity, ["Linear"], ignore)
