@@ -19,8 +19,10 @@ COMMANDS: dict[str, str] = {
     "prune": "prune",
     "eval": "evaluate",
     "inspect": "inspect",
-    "decompress": "decompress",
     "push": "push",
+    "decompress": "decompress",
+    "imp": "imp",
+    "glue": "glue",
 }
 DEFAULT_COMMAND = "prune"
 
