@@ -19,8 +19,8 @@ COMMANDS: dict[str, str] = {
     "prune": "prune",
     "eval": "evaluate",
     "inspect": "inspect",
-    "push": "push",
     "decompress": "decompress",
+    "push": "push",
     "imp": "imp",
     "glue": "glue",
 }
