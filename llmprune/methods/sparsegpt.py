@@ -84,17 +84,18 @@ class SparseGPT(PruningMethod):
                 if count:
                     lowest = torch.topk(saliency.reshape(-1), count, largest=False).indices
                     prune_block.view(-1)[lowest] = True
+            # error_j = (w_j - q_j) / Hinv_jj is w_j / Hinv_jj where pruned and 0 where kept,
+            # so one multiply by this precomputed matrix gives it; pruned entries are zeroed
+            # at the end, which keeps the loop to two kernel calls per column.
+            error_scale = prune_block / block_diag.unsqueeze(0)
             for j in range(end - start):
                 if m is not None and j % m == 0:
                     group = block[:, j : j + m].square() / block_diag[j : j + m].square().unsqueeze(0)
                     lowest = torch.topk(group, target.n, dim=1, largest=False).indices
                     prune_block[:, j : j + m].scatter_(1, lowest, True)
-                column = block[:, j]
-                quantised = column.masked_fill(prune_block[:, j], 0.0)
-                error = (column - quantised) / block_hinv[j, j]
-                block[:, j:].sub_(error.unsqueeze(1) * block_hinv[j, j:].unsqueeze(0))
-                block[:, j] = quantised
-                errors[:, j] = error
+                    error_scale[:, j : j + m] = prune_block[:, j : j + m] / block_diag[j : j + m].unsqueeze(0)
+                error = torch.mul(block[:, j], error_scale[:, j], out=errors[:, j])
+                block[:, j:].addr_(error, block_hinv[j, j:], alpha=-1.0)
             weight[:, start:end] = block
             keep[:, start:end] = ~prune_block
             if end < columns:  # lazy batch update of everything right of the block
