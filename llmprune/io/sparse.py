@@ -94,6 +94,10 @@ def compress_bitmask(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]
     }
 
 
+_LOW_NIBBLE_BITS = np.array([bin(b & 0x0F).count("1") for b in range(256)], dtype=np.uint8)
+_HIGH_NIBBLE_BITS = np.array([bin(b >> 4).count("1") for b in range(256)], dtype=np.uint8)
+
+
 def _group_counts(nonzero: np.ndarray) -> np.ndarray:
     """Non-zeros per group along the last axis (a small one: 4 or 8)."""
     # m strided adds: numpy reduces over a short inner axis several times slower.
@@ -118,30 +122,34 @@ def compress_24(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
     if cols % 4:
         raise LLMPruneError(f"{name}: 2:4 format needs a column count divisible by 4 (got {cols})")
     bits = _bits(weight)
-    nonzero = _nonzero(bits, weight.is_floating_point()).reshape(rows, cols // 4, 4)
-    counts = _group_counts(nonzero)
+    nonzero = _nonzero(bits, weight.is_floating_point())
+    packed = np.packbits(nonzero, axis=-1, bitorder="little")
+    # Each packed byte holds two groups of four: count them with two lookup tables
+    # instead of summing a (rows, cols/4, 4) array, which is several times slower.
+    counts = np.stack((_LOW_NIBBLE_BITS[packed], _HIGH_NIBBLE_BITS[packed]), axis=-1).reshape(rows, -1)[:, : cols // 4]
     bad = int(np.count_nonzero(counts > 2))
     if bad:
         raise LLMPruneError(
             f"{name} is not 2:4 sparse: {bad} of {rows * cols // 4} groups of 4 hold more than 2 non-zeros "
             f"(prune it with --pattern 2:4, or save it with --save-format dense)"
         )
-    keep = nonzero.reshape(-1, 4)
+    keep = nonzero
     short = np.flatnonzero(counts.reshape(-1) < 2)
     if short.size:
         # The layout needs exactly two slots per group: keep the non-zeros, then fill the
         # group with its leftmost zeros (stored as the zero bits they are, so still exact).
         # Only the groups short of two are touched: they are few but not rare (weights
         # dequantised from 4-bit hold many exact zeros).
-        groups = keep[short]
+        keep = nonzero.copy()
+        flat_groups = keep.reshape(-1, 4)
+        groups = flat_groups[short]
         zero_rank = np.cumsum(~groups, axis=-1, dtype=np.int8)
         missing = (2 - counts.reshape(-1)[short].astype(np.int8))[:, None]
-        keep = keep.copy()
-        keep[short] = groups | (~groups & (zero_rank <= missing))
-    keep = keep.reshape(rows, cols)
+        flat_groups[short] = groups | (~groups & (zero_rank <= missing))
+        packed = np.packbits(keep, axis=-1, bitorder="little")
     return {
         f"{name}.compressed": _values(bits, keep, weight.dtype).reshape(rows, cols // 2),
-        f"{name}.bitmask": pack_bitmask(keep),
+        f"{name}.bitmask": torch.from_numpy(packed),
         f"{name}.shape": torch.tensor([rows, cols], dtype=torch.int64),
     }
 
