@@ -188,3 +188,15 @@ def test_decompress_command_writes_a_plain_dense_folder(tmp_path, capsys):
 def test_loading_a_folder_without_config_is_one_clear_error(tmp_path):
     with pytest.raises(LLMPruneError, match="not a model folder"):
         load_pretrained(tmp_path)
+
+
+def test_without_a_report_every_block_linear_is_a_target_and_sparsity_is_counted(tmp_path):
+    model = tiny_llama(torch.bfloat16)
+    prune_24(model)
+    model.model.layers[0].mlp.up_proj.weight.data[:, :8] = 0  # groups with fewer than two non-zeros
+    quant = save_sparse_model(model, tmp_path, structure="2:4")
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    zeros = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
+    assert quant["sparsity_config"]["global_sparsity"] == pytest.approx(zeros, abs=1e-6)
+    assert quant["sparsity_config"]["ignore"] == ["lm_head"]
+    assert_same_weights(model.state_dict(), load_pretrained(tmp_path).state_dict())

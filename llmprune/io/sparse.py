@@ -166,10 +166,11 @@ def decompress(parts: dict[str, torch.Tensor], name: str = "tensor") -> torch.Te
     where = np.flatnonzero(mask)
     if mask.shape != (rows, cols) or where.size != values.numel():
         raise LLMPruneError(f"{name}: bitmask does not match its values ({where.size} bits set for {values.numel()} values)")
-    dense = torch.zeros(rows, cols, dtype=values.dtype)
-    flat = _bits(dense).reshape(-1)  # shares memory with dense
+    # np.zeros gets pages the kernel zeroes on first touch; torch.zeros would write the
+    # whole buffer once more before the scatter does.
+    flat = np.zeros(rows * cols, dtype=_bits(values).dtype)
     flat[where] = _bits(values)  # row-major, the order the values were taken in
-    return dense
+    return torch.from_numpy(flat).view(values.dtype).reshape(rows, cols)
 
 
 # --- choosing what to compress ---------------------------------------------------------------
@@ -405,9 +406,10 @@ def save_sparse_model(
     # else the share of zeros over the weights written compressed.
     sparsity = report.get("total_sparsity")
     if sparsity is None:
-        weights = [state_dict[f"{m}.weight"] for m in compressed]
-        total = sum(w.numel() for w in weights)
-        nonzeros = sum(int(np.count_nonzero(_nonzero(_bits(w), w.is_floating_point()))) for w in weights)
+        # counted on the kept values: 2:4 groups may store a zero to fill their two slots
+        total = sum(state_dict[f"{m}.weight"].numel() for m in compressed)
+        kept = [tensors[f"{m}.compressed"] for m in compressed]
+        nonzeros = sum(int(np.count_nonzero(_nonzero(_bits(v), v.is_floating_point()))) for v in kept)
         sparsity = 1 - nonzeros / total
     compressed_set = set(compressed)
     ignore = [name for name, module in modules.items() if is_linear(module) and name not in compressed_set]
