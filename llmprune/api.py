@@ -137,9 +137,19 @@ def prune(
     model.train(was_training)
     if not layers:
         raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
-    total = sum(dict(model.named_modules())[name].weight.numel() for name in layers)
-    zeros = sum(sparsity_ * dict(model.named_modules())[name].weight.numel() for name, sparsity_ in layers.items())
-    report = {
+    report = prune_report(model, pruning_method, target, layers, source, nsamples, seqlen, seed, chunks, targets, ignore, started)
+    if owl_report is not None:
+        report["owl"] = owl_report
+    return report
+
+
+def prune_report(model, pruning_method, target: SparsityTarget, layers: dict[str, float], source, nsamples: int, seqlen: int,
+                 seed: int, chunks, targets, ignore, started: float) -> dict:
+    """The report of a run (in memory or streaming): what was asked, what came out, what it cost."""
+    modules = dict(model.named_modules())
+    total = sum(modules[name].weight.numel() for name in layers)
+    zeros = sum(sparsity_ * modules[name].weight.numel() for name, sparsity_ in layers.items())
+    return {
         "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
         "method": pruning_method.name,
         "pattern": target.pattern,
@@ -159,9 +169,6 @@ def prune(
         "versions": versions(),
         "layers": layers,
     }
-    if owl_report is not None:
-        report["owl"] = owl_report
-    return report
 
 
 def check_owl_options(target: SparsityTarget, owl: bool, owl_m: float, owl_lambda: float) -> None:
@@ -215,7 +222,7 @@ def run_prune(config) -> dict:
 
     Every input is checked before the model is loaded, so bad input costs nothing and writes nothing.
     """
-    from .io.writer import check_free_space, check_output_dir, model_bytes
+    from .io.writer import check_output_dir
 
     sparsity = config.sparsity if (config.sparsity is not None or config.pattern) else 0.5
     check_owl_options(SparsityTarget.parse(sparsity, config.pattern), config.owl, config.owl_m, config.owl_lambda)
@@ -228,6 +235,52 @@ def run_prune(config) -> dict:
         raise LLMPruneError(f"unknown save format '{config.save_format}' (use dense or sparse)")
 
     load_text(config.calibration, split="train")  # a missing or unreadable source fails before the model loads
+    if config.stream or _auto_stream(config):
+        report = _run_streaming(config, sparsity)
+    else:
+        report = _run_in_memory(config, sparsity)
+    if config.report:
+        write_report_file(config.report, report)
+    if config.push_to_hub:
+        from .io.hub import push_folder
+
+        report["pushed_to"] = push_folder(report["output"], config.push_to_hub)
+    return report
+
+
+def _auto_stream(config) -> bool:
+    """A model larger than the free memory is streamed when nothing needs it whole."""
+    from .streaming import should_stream
+
+    if not config.output or config.eval_ppl or config.save_format != "dense":
+        return False
+    if should_stream(config.model, config.dtype, config.device):
+        print("llmprune: the model does not fit in the free memory; streaming it block by block (--stream)", flush=True)
+        return True
+    return False
+
+
+def _run_streaming(config, sparsity) -> dict:
+    from .streaming import prune_streaming
+
+    if not config.output:
+        raise LLMPruneError("--stream writes each pruned block straight to disk; give --output")
+    if config.eval_ppl:
+        raise LLMPruneError("--eval-ppl needs the whole model in memory; evaluate the output folder afterwards instead of --stream")
+    if config.save_format != "dense":
+        raise LLMPruneError("--stream writes dense safetensors only; drop --save-format sparse")
+    return prune_streaming(
+        config.model, config.output, method=config.method, sparsity=sparsity, pattern=config.pattern,
+        calibration=config.calibration, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
+        targets=config.targets, ignore=config.ignore, dtype=config.dtype, device=config.device,
+        batch_size=config.batch_size, overwrite=config.overwrite, progress=config.progress,
+        owl=config.owl, owl_m=config.owl_m, owl_lambda=config.owl_lambda, **config.method_options,
+    )
+
+
+def _run_in_memory(config, sparsity) -> dict:
+    from .io.writer import check_free_space, model_bytes
+
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     if config.output:
         check_free_space(Path(config.output).expanduser().absolute().parent, model_bytes(model))
@@ -249,12 +302,6 @@ def run_prune(config) -> dict:
     if config.output:
         options = {"save_format": config.save_format} if config.save_format != "dense" else {}
         report["output"] = str(save_pretrained(model, tokenizer, config.output, report, overwrite=config.overwrite, **options))
-    if config.report:
-        write_report_file(config.report, report)
-    if config.push_to_hub:
-        from .io.hub import push_folder
-
-        report["pushed_to"] = push_folder(report["output"], config.push_to_hub)
     return report
 
 
