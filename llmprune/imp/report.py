@@ -51,7 +51,8 @@ def build_report(results: list[dict], levels: list[float], metric: str, settings
         "highest_matching_round": best["round"],
         "rows": rows,
         "settings": settings,
-        "timing": {"train_and_eval_seconds": round(sum(r["seconds"] for r in results), 1)},
+        "timing": {"train_and_eval_seconds": round(sum(r["seconds"] for r in results), 1),
+                   "train_and_eval_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in results), 1)},
     }
 
 
