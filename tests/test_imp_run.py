@@ -116,3 +116,20 @@ def test_resume_after_kill_gives_the_same_report(assets, tmp_path, monkeypatch):
         assert resumed[key] == clean[key], key
     with pytest.raises(LLMPruneError, match="other settings.*lr"):
         run_imp(config(assets, tmp_path / "killed", lr=5e-4, **settings))
+
+
+def test_late_rewind_to_step_k_keeps_the_initial_head(assets, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    run_imp(config(assets, tmp_path / "run", rounds=1, rewind="step:2"))
+    model, _, _ = load_classifier(str(assets[0]), 2, seed=0)
+    initial = model.state_dict()
+    rewind = torch.load(tmp_path / "run" / "seed-0" / "rewind.pt", weights_only=True)
+    start = {c["desc"]: c["start"] for c in recorder.calls}["imp r1"]
+    assert all(torch.equal(start[k], rewind[k]) for k in rewind)
+    assert torch.equal(start["classifier.weight"], initial["classifier.weight"])
+    # the body moved during the first two steps, so it is not the pretrained one
+    assert not torch.equal(start["bert.pooler.dense.weight"], initial["bert.pooler.dense.weight"])
+    with pytest.raises(LLMPruneError, match="past the end"):
+        run_imp(config(assets, tmp_path / "late", rounds=1, rewind="step:1000"))
+    with pytest.raises(LLMPruneError, match="unknown --rewind"):
+        run_imp(config(assets, tmp_path / "bad", rounds=1, rewind="step:x"))
