@@ -95,3 +95,20 @@ def test_offline_tasks_have_fixed_splits():
     wiki = wiki_topic()
     assert wiki.num_labels == 12 and len(wiki.label_names) == 12
     assert len(wiki.eval_sets["validation"]) == 1004 and len(wiki.train) == 10033 - 1004
+
+
+def test_local_task_files(tmp_path):
+    rows = [{"sentence1": f"a{i}", "sentence2": f"b{i}", "label": ["no", "yes", "maybe"][i % 3]} for i in range(30)]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    (tmp_path / "v.jsonl").write_text(json.dumps({"sentence1": "x", "sentence2": "y", "label": "yes"}) + "\n",
+                                      encoding="utf-8")
+    task = load_task(str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))
+    assert task.num_labels == 3 and task.label_names == ["maybe", "no", "yes"] and task.metric == "accuracy"
+    assert task.train[1] == ("a1", "b1", 2) and task.eval_sets["validation"] == [("x", "y", 2)]
+    (tmp_path / "r.csv").write_text("text,label\n" + "".join(f"s{i},{i / 7:.3f}\n" for i in range(40)), encoding="utf-8")
+    regression = load_task(str(tmp_path / "r.csv"))
+    assert regression.num_labels == 1 and regression.metric == "correlation"
+    assert len(regression.train) + len(regression.eval_sets["validation"]) == 40
+    (tmp_path / "nolabel.csv").write_text("text,score\na,1\n", encoding="utf-8")
+    with pytest.raises(LLMPruneError, match="no label column"):
+        load_task(str(tmp_path / "nolabel.csv"))
