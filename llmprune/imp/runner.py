@@ -96,7 +96,8 @@ class RunDir:
         if run_file.is_file():
             stored = json.loads(run_file.read_text(encoding="utf-8"))
             changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-            if changed:
+            # a run that finished no job yet has nothing to protect: its settings may change
+            if changed and any(self.root.glob("seed-*/*/metrics.json")):
                 raise LLMPruneError(
                     f"{self.root} holds a run with other settings ({', '.join(changed)}); "
                     "use another --output, or --overwrite to start again"
@@ -148,6 +149,10 @@ class IMPRun:
             raise LLMPruneError("--seeds must be at least 1")
         self.task: Task = load_task(config.task, config.eval_file)
         self.metric = main_metric(self.task.metric)
+        train_size = len(subsample(self.task.train, config.max_train_samples))
+        steps = round(-(-train_size // config.batch_size) * config.epochs)
+        if self.rewind_step > steps:
+            raise LLMPruneError(f"--rewind step:{self.rewind_step} is past the end of fine-tuning ({steps} steps)")
         self.settings = TrainSettings(config.epochs, config.lr, config.batch_size, config.weight_decay,
                                       config.precision, config.device, config.progress)
         self.dir = RunDir(config)
@@ -161,9 +166,6 @@ class IMPRun:
             train = Encoded(tokenizer, subsample(self.task.train, self.config.max_train_samples), n, reg)
             evals = {split: Encoded(tokenizer, subsample(ex, self.config.max_eval_samples), n, reg)
                      for split, ex in self.task.eval_sets.items()}
-            steps = -(-len(train) // self.config.batch_size) * self.config.epochs
-            if self.rewind_step > steps:
-                raise LLMPruneError(f"--rewind step:{self.rewind_step} is past the end of fine-tuning ({int(steps)} steps)")
             self._data = (train, evals)
         return self._data
 
