@@ -158,6 +158,7 @@ def format_table(info: FolderInfo, show_layers: bool = True) -> str:
         f"sparse would take: {_mib(info.sparse_bytes)} ({info.sparse_bytes / max(info.dense_bytes, 1):.2f}x dense)",
     ]
     if info.report:
-        method, pattern = info.report.get("method"), info.report.get("pattern")
-        lines.append(f"pruned by llmprune: {method}, {pattern or info.report.get('target_sparsity')}")
+        method, pattern, target = (info.report.get(k) for k in ("method", "pattern", "target_sparsity"))
+        what = pattern or (f"{target:.0%} unstructured" if isinstance(target, (int, float)) else "unstructured")
+        lines.append(f"pruned by llmprune: {method}, {what}")
     return "\n".join(lines)

@@ -19,6 +19,12 @@ ALIAS_SOURCES = {
     "bert": "sentence-transformers/all-MiniLM-L6-v2",
     "minilm": "sentence-transformers/all-MiniLM-L6-v2",
 }
+EVAL_LABELS = {
+    "ppl_before": "perplexity before pruning",
+    "ppl_after": "perplexity after pruning",
+    "seqlen": "evaluation window (tokens)",
+    "windows": "evaluation windows",
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -80,8 +86,7 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
         what = f"{pattern} semi-structured" if pattern else f"{_percent(report.get('target_sparsity'))} unstructured"
         source = base or report.get("model") or "the source model"
         lines += [
-            f"This model is `{source}` pruned with **{method}** to {what} sparsity by "
-            f"[llmprune](https://github.com/llmprune/llmprune).",
+            f"This model is `{source}` pruned with **{method}** to {what} sparsity by llmprune.",
             "",
             "| setting | value |",
             "|---|---|",
@@ -111,7 +116,7 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         for key, value in evaluation.items():
             if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                lines.append(f"| {key} | {_number(value)} |")
+                lines.append(f"| {EVAL_LABELS.get(key, key)} | {_number(value)} |")
         lines.append("")
 
     repo = repo_id or "THIS_REPO"
@@ -123,12 +128,12 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
             "",
             "```python",
             "from huggingface_hub import snapshot_download",
-            "import llmprune",
+            "from llmprune.io.loading import load_pretrained",
             "",
-            f'model = llmprune.load_pretrained(snapshot_download("{repo}"))',
+            f'model = load_pretrained(snapshot_download("{repo}"))',
             "```",
             "",
-            f"or write a dense copy once: `llmprune decompress {folder.name} {folder.name}-dense`.",
+            "or write a dense copy of a downloaded folder once: `llmprune decompress FOLDER FOLDER-dense`.",
         ]
     else:
         lines += [
