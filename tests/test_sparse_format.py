@@ -200,3 +200,23 @@ def test_without_a_report_every_block_linear_is_a_target_and_sparsity_is_counted
     assert quant["sparsity_config"]["global_sparsity"] == pytest.approx(zeros, abs=1e-6)
     assert quant["sparsity_config"]["ignore"] == ["lm_head"]
     assert_same_weights(model.state_dict(), load_pretrained(tmp_path).state_dict())
+
+
+def test_loading_keeps_one_dense_copy(tmp_path, monkeypatch):
+    """The decompressed tensors become the model's parameters as they are: no second dense copy."""
+    import llmprune.io.loading as loading
+
+    model = tiny_llama(torch.bfloat16, tie=False)
+    save_sparse_model(model, tmp_path, report_for(prune_rows(model, 0.5)))
+    produced: dict[str, int] = {}
+    original = loading.iter_dense_tensors
+
+    def recording(folder):
+        for name, tensor in original(folder):
+            produced[name] = tensor.data_ptr()
+            yield name, tensor
+
+    monkeypatch.setattr(loading, "iter_dense_tensors", recording)
+    loaded = loading.load_pretrained(tmp_path)
+    params = dict(loaded.named_parameters())
+    assert produced and all(params[name].data_ptr() == ptr for name, ptr in produced.items())
