@@ -220,3 +220,22 @@ def test_loading_keeps_one_dense_copy(tmp_path, monkeypatch):
     loaded = loading.load_pretrained(tmp_path)
     params = dict(loaded.named_parameters())
     assert produced and all(params[name].data_ptr() == ptr for name, ptr in produced.items())
+
+
+def test_parts_of_one_weight_may_sit_in_different_shards(tmp_path):
+    """Other writers do not promise to keep a weight's parts together; reading must not care."""
+    from safetensors.torch import save_file
+
+    from llmprune.io.sparse import iter_dense_tensors
+
+    weight = torch.tensor([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]], dtype=torch.float16)
+    parts = compress_bitmask("layer", weight)
+    first = {k: v for k, v in parts.items() if k.endswith((".compressed", ".shape"))}
+    second = {k: v for k, v in parts.items() if k not in first} | {"other.bias": torch.ones(3)}
+    save_file(first, tmp_path / "a.safetensors")
+    save_file(second, tmp_path / "b.safetensors")
+    weight_map = {k: "a.safetensors" for k in first} | {k: "b.safetensors" for k in second}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    dense = dict(iter_dense_tensors(tmp_path))
+    assert sorted(dense) == ["layer.weight", "other.bias"]
+    assert torch.equal(bits(dense["layer.weight"]), bits(weight))

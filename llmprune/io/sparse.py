@@ -15,6 +15,7 @@ other bit pattern, NaN included, round-trips exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -283,24 +284,25 @@ def iter_dense_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]
     Only one dense copy of one weight is made at a time; the parts of a compressed
     weight may sit in different shards (other writers do not promise otherwise).
     """
-    handles = [safe_open(str(path), framework="pt", device="cpu") for path in weight_files(folder)]
-    where: dict[str, object] = {}
-    for handle in handles:
-        for key in handle.keys():
-            where[key] = handle
-    parts_of: dict[str, dict[str, str]] = {}
-    for key in where:
-        stem, _, suffix = key.rpartition(".")
-        if suffix in PARTS:
-            parts_of.setdefault(stem, {})[suffix] = key
-    compressed = {stem for stem, parts in parts_of.items() if "compressed" in parts and "bitmask" in parts}
-    for key, handle in where.items():
-        stem, _, suffix = key.rpartition(".")
-        if stem not in compressed or suffix not in PARTS:
-            yield key, handle.get_tensor(key)
-        elif suffix == "compressed":
-            parts = {part: where[k].get_tensor(k) for part, k in parts_of[stem].items()}
-            yield f"{stem}.weight", decompress(parts, stem)
+    with contextlib.ExitStack() as stack:  # files close when the walk ends or is abandoned
+        where: dict[str, object] = {}
+        for path in weight_files(folder):
+            handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+            for key in handle.keys():
+                where[key] = handle
+        parts_of: dict[str, dict[str, str]] = {}
+        for key in where:
+            stem, _, suffix = key.rpartition(".")
+            if suffix in PARTS:
+                parts_of.setdefault(stem, {})[suffix] = key
+        compressed = {stem for stem, parts in parts_of.items() if "compressed" in parts and "bitmask" in parts}
+        for key, handle in where.items():
+            stem, _, suffix = key.rpartition(".")
+            if stem not in compressed or suffix not in PARTS:
+                yield key, handle.get_tensor(key)
+            elif suffix == "compressed":
+                parts = {part: where[k].get_tensor(k) for part, k in parts_of[stem].items()}
+                yield f"{stem}.weight", decompress(parts, stem)
 
 
 def sparsity_config(folder_or_config: str | Path | dict) -> dict | None:
