@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 
 from .api import load_model, prune, save_pretrained  # noqa: E402
 from .errors import LLMPruneError  # noqa: E402
+from .io.loading import load_pretrained  # noqa: E402
 
-__all__ = ["LLMPruneError", "load_model", "prune", "save_pretrained", "__version__"]
+__all__ = ["LLMPruneError", "load_model", "load_pretrained", "prune", "save_pretrained", "__version__"]

@@ -128,7 +128,7 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
             "",
             "```python",
             "from huggingface_hub import snapshot_download",
-            "from llmprune.io.loading import load_pretrained",
+            "from llmprune import load_pretrained",
             "",
             f'model = load_pretrained(snapshot_download("{repo}"))',
             "```",
