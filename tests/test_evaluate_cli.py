@@ -118,3 +118,22 @@ def test_window_length_beyond_the_model_context(model_dir, words_file, capsys):
 def test_json_folder_must_exist(model_dir, words_file, tmp_path, capsys):
     code, _, err = run_cli(capsys, "--model", model_dir, "--ppl", words_file, "--json", tmp_path / "nope" / "r.json")
     assert_one_line_error(code, err, "does not exist")
+
+
+def test_eval_flags_fit_on_a_command_with_its_own_seqlen():
+    # The prune command owns --seqlen/--batch-size (calibration) and may define --eval-windows.
+    import argparse
+
+    from llmprune.cli.evaluate import add_eval_arguments, eval_options
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seqlen", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--eval-windows", type=int)
+    add_eval_arguments(parser, prune_command=True)
+    args = parser.parse_args(["--seqlen", "2048", "--eval-seqlen", "128", "--eval-batch-size", "2", "--eval-windows", "3",
+                              "--ppl", "wikipedia,c4", "--tasks", "rt_sentiment", "--limit", "5"])
+    assert args.seqlen == 2048
+    assert eval_options(args) == {"ppl": "wikipedia,c4", "tasks": "rt_sentiment", "num_fewshot": None, "limit": 5,
+                                  "max_windows": 3, "progress": True, "seqlen": 128, "batch_size": 2}
+    assert parser.parse_args([]).ppl is None  # after pruning, evaluation is opt-in
