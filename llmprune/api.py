@@ -74,6 +74,26 @@ def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128,
     return calibration_windows(tokenize_corpus(tokenizer, text), nsamples, seqlen, seed)
 
 
+def calibration_chunks(model, tokenizer, needed: bool, calibration: str, nsamples: int, seqlen: int, seed: int,
+                       batch_size: int | None, calibration_ids: torch.Tensor | None = None):
+    """(chunks or None, nsamples, seqlen): the calibration windows, split into the chunks fed per pass.
+
+    ``seqlen`` is capped at the model's limit; given ``calibration_ids`` set both sizes.
+    """
+    if not needed:
+        return None, nsamples, seqlen
+    limit = model_max_length(model)
+    if limit and seqlen > limit:
+        seqlen = limit
+    if calibration_ids is None:
+        if tokenizer is None:
+            raise LLMPruneError("a tokenizer is needed to build calibration windows")
+        calibration_ids = calibration_batch(tokenizer, calibration, nsamples, seqlen, seed)
+    nsamples, seqlen = calibration_ids.shape
+    count = _chunk_count(model, nsamples, seqlen, batch_size)
+    return list(torch.tensor_split(calibration_ids, count)), nsamples, seqlen
+
+
 def prune(
     model,
     tokenizer=None,
@@ -109,20 +129,11 @@ def prune(
     check_owl_options(target, owl, owl_m, owl_lambda)
     pruning_method = get_method(method, **method_options)
     device = resolve_device(device)
-    limit = model_max_length(model)
-    if limit and seqlen > limit:
-        seqlen = limit
     started = time.perf_counter()
     source = "given token ids" if calibration_ids is not None else calibration
-    chunks = None
-    if pruning_method.needs_calibration or owl:
-        if calibration_ids is None:
-            if tokenizer is None:
-                raise LLMPruneError("a tokenizer is needed to build calibration windows")
-            calibration_ids = calibration_batch(tokenizer, calibration, nsamples, seqlen, seed)
-        nsamples, seqlen = calibration_ids.shape
-        count = _chunk_count(model, nsamples, seqlen, batch_size)
-        chunks = list(torch.tensor_split(calibration_ids, count))
+    chunks, nsamples, seqlen = calibration_chunks(
+        model, tokenizer, pruning_method.needs_calibration or owl, calibration, nsamples, seqlen, seed, batch_size, calibration_ids,
+    )
     was_training = model.training
     model.eval()
     owl_report, block_targets, inputs = None, None, None

@@ -487,19 +487,13 @@ def prune_streaming(
     in_blocks = {name for names in block_names for name in names}
     outside = [name for name in places.names if name not in in_blocks]
 
-    limit = api.model_max_length(model)
-    if limit and seqlen > limit:
-        seqlen = limit
-    chunks = None
     source = "given token ids" if calibration_ids is not None else calibration
     needs_data = pruning_method.needs_calibration or owl
-    if needs_data:
-        if calibration_ids is None:
-            calibration_ids = api.calibration_batch(tokenizer, calibration, nsamples, seqlen, seed)
-        nsamples, seqlen = calibration_ids.shape
-        chunks = list(torch.tensor_split(calibration_ids, api._chunk_count(model, nsamples, seqlen, batch_size)))
+    chunks, nsamples, seqlen = api.calibration_chunks(
+        model, tokenizer, needs_data, calibration, nsamples, seqlen, seed, batch_size, calibration_ids,
+    )
 
-    def fill(tmp: Path) -> dict:
+    def fill(tmp: Path) -> None:
         (tmp / OWNER_FILE).write_text(str(os.getpid()))
         writer = plan.open(tmp)
         # 1. What lies outside the blocks (and block 0, which the capture hook sits on).
