@@ -52,7 +52,9 @@ def build_report(results: list[dict], levels: list[float], metric: str, settings
         "rows": rows,
         "settings": settings,
         "timing": {"train_and_eval_seconds": round(sum(r["seconds"] for r in results), 1),
-                   "train_and_eval_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in results), 1)},
+                   # None when some job was recorded before CPU time was measured
+                   "train_and_eval_cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 1)
+                   if all("cpu_seconds" in r for r in results) else None},
     }
 
 
