@@ -31,7 +31,7 @@ EPILOG = """examples:
 DEFAULTS = {
     "model": "minilm", "task": None, "output": None, "eval_file": None, "schedule": "linear",
     "rounds": None, "target_sparsity": None, "rate": None, "rewind": "pretrained", "seeds": 1, "seed": 0,
-    "baselines": "none", "epochs": 1.0, "lr": 2e-5, "batch_size": 32, "max_length": 128,
+    "baselines": "none", "baseline_min_sparsity": 0.0, "epochs": 1.0, "lr": 2e-5, "batch_size": 32, "max_length": 128,
     "max_train_samples": None, "max_eval_samples": None, "weight_decay": 0.0, "precision": "no",
     "device": "auto", "no_progress": False, "overwrite": False,
 }
@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seeds", type=int, help="repeat everything with this many seeds (default 1)")
     a("--seed", type=int, help="first seed (default 0)")
     a("--baselines", help="comma list of random-prune, random-reinit, one-shot; or all / none (default none)")
+    a("--baseline-min-sparsity", type=float, help="run the baselines only at levels of at least this sparsity "
+                                                   "(default 0: at every level)")
     a("--epochs", type=float, help="fine-tuning epochs per round (default 1)")
     a("--lr", type=float, help="learning rate (default 2e-5)")
     a("--batch-size", type=int, help="batch size (default 32)")

@@ -53,6 +53,7 @@ class IMPConfig:
     seeds: int = 1
     seed: int = 0
     baselines: list = field(default_factory=list)
+    baseline_min_sparsity: float = 0.0
     epochs: float = 1.0
     lr: float = 2e-5
     batch_size: int = 32
@@ -94,7 +95,9 @@ class RunDir:
                 raise LLMPruneError(f"{self.root} is not an IMP run folder (no {RUN_FILE}); refusing to delete it")
             shutil.rmtree(self.root)
         if run_file.is_file():
-            stored = json.loads(run_file.read_text(encoding="utf-8"))
+            # settings added to llmprune after the run was started count at their defaults
+            stored = {k: v for k, v in asdict(IMPConfig()).items() if k not in NOT_COMPARED}
+            stored.update(json.loads(run_file.read_text(encoding="utf-8")))
             changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
             # a run that finished no job yet has nothing to protect: its settings may change
             if changed and any(self.root.glob("seed-*/*/metrics.json")):
@@ -171,7 +174,9 @@ class IMPRun:
 
     def job_names(self) -> list[tuple[str, int]]:
         jobs = [("imp", r) for r in range(len(self.levels) + 1)]
-        return jobs + [(b, r) for r in range(1, len(self.levels) + 1) for b in self.baselines]
+        # baselines may be limited to the sparse end, where the comparison is the point
+        rounds = [r for r in range(1, len(self.levels) + 1) if self.level(r) >= self.config.baseline_min_sparsity - 1e-9]
+        return jobs + [(b, r) for r in rounds for b in self.baselines]
 
     def level(self, round_index: int) -> float:
         return 0.0 if round_index == 0 else self.levels[round_index - 1]
