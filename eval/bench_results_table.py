@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     p.add_argument("--peer-python", help="python of a venv with llmcompressor (default: this one, if it has it)")
     p.add_argument("--no-peer", action="store_true", help="skip llmcompressor rows")
+    p.add_argument("--libraries", default="llmprune,llmcompressor", help="which libraries' rows to run (dense always runs when in --methods)")
     p.add_argument("--resume", action="store_true", help="keep rows already in the results JSON with the same settings")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -70,8 +71,9 @@ def plan_rows(args: argparse.Namespace, peer: bool) -> list[dict]:
     rows = []
     if "dense" in methods:
         rows.append({"library": "-", "method": "dense", "sparsity": None, "pattern": None})
-    libraries = [("llmprune", [m for m in methods if m != "dense"])]
-    if peer:
+    wanted = split_list(getattr(args, "libraries", "llmprune,llmcompressor"))
+    libraries = [("llmprune", [m for m in methods if m != "dense"])] if "llmprune" in wanted else []
+    if peer and "llmcompressor" in wanted:
         libraries.append(("llmcompressor", [m for m in methods if m in PEER_METHODS]))
     for library, names in libraries:
         for method in names:
