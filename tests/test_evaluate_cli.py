@@ -137,3 +137,14 @@ def test_eval_flags_fit_on_a_command_with_its_own_seqlen():
     assert eval_options(args) == {"ppl": "wikipedia,c4", "tasks": "rt_sentiment", "num_fewshot": None, "limit": 5,
                                   "max_windows": 3, "progress": True, "seqlen": 128, "batch_size": 2}
     assert parser.parse_args([]).ppl is None  # after pruning, evaluation is opt-in
+
+
+def test_unreachable_hub_without_offline_mode_fails_at_once(model_dir, capsys, monkeypatch):
+    # Without HF_HUB_OFFLINE datasets would retry for ~25 s; the tool checks the endpoint first.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.perf_counter()
+    code, _, err = run_cli(capsys, "--model", model_dir, "--ppl", "c4")
+    assert_one_line_error(code, err, "'c4'", "not reachable")
+    assert time.perf_counter() - started < 20
