@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--owl-m", type=float, default=5.0)
     parser.add_argument("--owl-lambda", type=float, default=0.08)
     parser.add_argument("--methods", default="wanda,sparsegpt")
+    parser.add_argument("--grid", default="", help="also OWL+Wanda at these M:lambda pairs, e.g. 3:0.08,7:0.15; "
+                        "each is scored on validation windows (the first --val-windows of the train split) and the test split")
+    parser.add_argument("--val-windows", type=int, default=16)
     parser.add_argument("--output", default=str(RESULTS / "owl"))
     args = parser.parse_args()
     command = "python eval/bench_owl.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -68,6 +71,20 @@ def main() -> None:
             rows.append(row)
             print(f"{row['run']}: ppl {ppl:.2f}, sparsity {report['total_sparsity']:.4f}, {report['prune_seconds']:.0f} s", flush=True)
 
+    for pair in filter(None, args.grid.split(",")):
+        m_value, lam_value = (float(v) for v in pair.split(":"))
+        model.load_state_dict(dense)
+        report = llmprune.prune(
+            model, tokenizer, method="wanda", sparsity=args.sparsity, calibration_ids=calibration,
+            owl=True, owl_m=m_value, owl_lambda=lam_value, device="cpu", progress=False,
+        )
+        val = perplexity(model, tokenizer, split="train", max_windows=args.val_windows, progress=False).ppl
+        ppl = perplexity(model, tokenizer, max_windows=windows, progress=False).ppl
+        rows.append({"run": f"grid OWL+wanda M={m_value:g} lambda={lam_value:g}", "method": "wanda", "owl": True, "ppl": ppl,
+                     "val_ppl": val, "m": m_value, "lambda": lam_value, "total_sparsity": report["total_sparsity"],
+                     "prune_seconds": report["prune_seconds"], "block_sparsity": report["owl"]["block_sparsity"]})
+        print(f"grid M={m_value:g} lambda={lam_value:g}: val ppl {val:.2f}, test ppl {ppl:.2f}", flush=True)
+
     by_run = {row["run"]: row["ppl"] for row in rows}
     checks = {}
     if "wanda" in by_run and "OWL+wanda" in by_run:
@@ -76,6 +93,13 @@ def main() -> None:
     if "sparsegpt" in by_run and "OWL+sparsegpt" in by_run:
         ratio = by_run["OWL+sparsegpt"] / by_run["sparsegpt"]
         checks["owl_sparsegpt_ratio"] = {"value": ratio, "target": "< 1", "met": ratio < 1}
+    grid_rows = [row for row in rows if row["run"].startswith("grid")]
+    if grid_rows and "wanda" in by_run:
+        chosen = min(grid_rows, key=lambda row: row["val_ppl"])  # chosen on validation windows, never on test
+        ratio = chosen["ppl"] / by_run["wanda"]
+        checks["owl_wanda_ratio_validation_chosen"] = {
+            "value": ratio, "target": "<= 0.7", "met": ratio <= 0.7, "m": chosen["m"], "lambda": chosen["lambda"],
+        }
     result = {
         "command": command,
         "settings": {**vars(args), "calibration": "wikipedia train", "eval": "wikipedia test, 512-token windows",
@@ -91,12 +115,13 @@ def main() -> None:
         f"{args.sparsity:.0%} unstructured, calibration {args.nsamples} x {args.seqlen} tokens (Wikipedia train, seed 0), "
         f"perplexity on the bundled Wikipedia test split, 512-token windows ({windows or 'all'} windows), float32, CPU. "
         f"OWL M = {args.owl_m}, lambda = {args.owl_lambda}.", "",
-        "| run | perplexity | sparsity over pruned layers | prune s |", "|---|---:|---:|---:|",
+        "| run | test perplexity | validation perplexity | sparsity over pruned layers | prune s |", "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         sparsity = f"{row['total_sparsity']:.4f}" if "total_sparsity" in row else "-"
         seconds = f"{row['prune_seconds']:.0f}" if "prune_seconds" in row else "-"
-        lines.append(f"| {row['run']} | {row['ppl']:.2f} | {sparsity} | {seconds} |")
+        val = f"{row['val_ppl']:.2f}" if "val_ppl" in row else "-"
+        lines.append(f"| {row['run']} | {row['ppl']:.2f} | {val} | {sparsity} | {seconds} |")
     lines += ["", "| check | value | target | met |", "|---|---:|---|---|"]
     for name, check in checks.items():
         lines.append(f"| {name} | {check['value']:.3f} | {check['target']} | {'yes' if check['met'] else 'NO'} |")

@@ -33,10 +33,34 @@ LARGE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, 
              vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 
 
+# The child runs the command unchanged, plus one measurement: right after the calibration windows
+# are built, the kernel's high-water mark (VmHWM) is reset, so the peak of the pruning phase proper
+# (model, blocks, activations) can be told apart from the tokenisation of the calibration corpus,
+# which both modes share.
+CHILD = """
+import atexit, sys
+import llmprune.api as api
+build = api.calibration_batch
+def measured(*args, **kwargs):
+    ids = build(*args, **kwargs)
+    with open('/proc/self/clear_refs', 'w') as handle:
+        handle.write('5')
+    return ids
+api.calibration_batch = measured
+def phase_peak():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            print('PHASE_PEAK_KB', line.split()[1], flush=True)
+atexit.register(phase_peak)
+from llmprune.cli import main
+sys.exit(main())
+"""
+
+
 def run_child(args: list[str], env_extra: dict | None = None) -> dict:
-    """Run ``llmprune ARGS`` in a fresh process; its wall time and peak RSS (MiB)."""
+    """Run ``llmprune ARGS`` in a fresh process; its wall time, peak RSS and pruning-phase peak (MiB)."""
     env = dict(os.environ, **(env_extra or {}))
-    command = [sys.executable, "-c", "import sys; from llmprune.cli import main; sys.exit(main())", *args]
+    command = [sys.executable, "-c", CHILD, *args]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()
@@ -45,7 +69,12 @@ def run_child(args: list[str], env_extra: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"llmprune {' '.join(args)} failed ({code}):\n{output[-3000:]}")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "tail": output.strip().splitlines()[-4:]}
+    phase = [line.split()[1] for line in output.splitlines() if line.startswith("PHASE_PEAK_KB")]
+    return {
+        "seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "phase_peak_mb": round(int(phase[-1]) / 1024, 1) if phase else None,
+        "tail": [line for line in output.strip().splitlines() if not line.startswith("PHASE_PEAK_KB")][-4:],
+    }
 
 
 def folder_bytes(folder: Path) -> int:
@@ -116,12 +145,16 @@ def part_small(args, scratch: Path) -> dict:
             result = run_child(common + ["--output", str(out)] + (["--stream"] if mode == "stream" else []))
             runs.setdefault(mode, []).append(result)
     identical = same_files(scratch / "small-memory-0", scratch / "small-stream-0")
-    best = {mode: {"seconds": min(r["seconds"] for r in rs), "peak_rss_mb": min(r["peak_rss_mb"] for r in rs)} for mode, rs in runs.items()}
+    best = {
+        mode: {key: min(r[key] for r in rs) for key in ("seconds", "peak_rss_mb", "phase_peak_mb")}
+        for mode, rs in runs.items()
+    }
     model_mb = folder_bytes(scratch / "small-memory-0") / 2**20
     return {
         "model": "bundled SmolLM2-135M (float32)", "model_mb": round(model_mb, 1), "runs": runs, "best": best,
         "identical_output": identical,
         "peak_ratio": best["stream"]["peak_rss_mb"] / best["memory"]["peak_rss_mb"],
+        "phase_peak_ratio": best["stream"]["phase_peak_mb"] / best["memory"]["phase_peak_mb"],
         "time_ratio": best["stream"]["seconds"] / best["memory"]["seconds"],
     }
 
@@ -172,11 +205,14 @@ def write_results(result: dict, out: Path) -> None:
         part = previous[key]
         lines += [f"## {key}: {part['model']}", "", f"Command: `{part['command']}`", ""]
         if key == "small":
-            lines += ["| mode | wall s (best) | peak RSS MiB (best) | runs (s / MiB) |", "|---|---:|---:|---|"]
+            lines += ["| mode | wall s (best) | peak RSS MiB (best) | peak after calibration built MiB | runs (s / MiB / MiB) |",
+                      "|---|---:|---:|---:|---|"]
             for mode in ("memory", "stream"):
-                runs = ", ".join(f"{r['seconds']} / {r['peak_rss_mb']}" for r in part["runs"][mode])
-                lines.append(f"| {mode} | {part['best'][mode]['seconds']} | {part['best'][mode]['peak_rss_mb']} | {runs} |")
-            lines += ["", f"- stream / memory peak: **{part['peak_ratio']:.2f}** (target <= 0.5)",
+                runs = ", ".join(f"{r['seconds']} / {r['peak_rss_mb']} / {r['phase_peak_mb']}" for r in part["runs"][mode])
+                best = part["best"][mode]
+                lines.append(f"| {mode} | {best['seconds']} | {best['peak_rss_mb']} | {best['phase_peak_mb']} | {runs} |")
+            lines += ["", f"- stream / memory peak, whole run: **{part['peak_ratio']:.2f}** (target <= 0.5)",
+                      f"- stream / memory peak after the calibration windows are built: **{part['phase_peak_ratio']:.2f}**",
                       f"- stream / memory time: **{part['time_ratio']:.2f}** (target <= 1.3)",
                       f"- output folders identical byte for byte (report aside): {part['identical_output']}", ""]
         else:
