@@ -262,6 +262,10 @@ def run_prune(config) -> dict:
         raise LLMPruneError(f"unknown save format '{config.save_format}' (use dense or sparse)")
 
     load_text(config.calibration, split="train")  # a missing or unreadable source fails before the model loads
+    if config.tasks:
+        from .evaluate.harness import parse_tasks, prepare_tasks
+
+        prepare_tasks(parse_tasks(config.tasks), config.num_fewshot, config.limit)  # a misspelt task fails now
     if config.stream or _auto_stream(config):
         report = _run_streaming(config, sparsity)
     else:
@@ -279,7 +283,7 @@ def _auto_stream(config) -> bool:
     """A model larger than the free memory is streamed when nothing needs it whole."""
     from .streaming import should_stream
 
-    if not config.output or config.eval_ppl or config.save_format != "dense":
+    if not config.output or config.eval_ppl or config.ppl or config.tasks or config.save_format != "dense":
         return False
     if should_stream(config.model, config.dtype, config.device):
         print("llmprune: the model does not fit in the free memory; streaming it block by block (--stream)", flush=True)
@@ -292,8 +296,8 @@ def _run_streaming(config, sparsity) -> dict:
 
     if not config.output:
         raise LLMPruneError("--stream writes each pruned block straight to disk; give --output")
-    if config.eval_ppl:
-        raise LLMPruneError("--eval-ppl needs the whole model in memory; evaluate the output folder afterwards instead of --stream")
+    if config.eval_ppl or config.ppl or config.tasks:
+        raise LLMPruneError("evaluation needs the whole model in memory; run `llmprune eval` on the output folder after --stream")
     if config.save_format != "dense":
         raise LLMPruneError("--stream writes dense safetensors only; drop --save-format sparse")
     return prune_streaming(
@@ -325,6 +329,16 @@ def _run_in_memory(config, sparsity) -> dict:
     if config.eval_ppl:
         evaluation["ppl_after"] = _wikipedia_ppl(model, tokenizer, config)
         evaluation.update({"dataset": "wikipedia:test", "seqlen": config.eval_seqlen, "windows": config.eval_windows})
+    if config.ppl or config.tasks:
+        from .evaluate import evaluate
+
+        evaluation["results"] = evaluate(
+            model, tokenizer, ppl=config.ppl, tasks=config.tasks, seqlen=config.eval_seqlen,
+            max_windows=config.eval_windows, batch_size=config.eval_batch_size or 4,
+            num_fewshot=config.num_fewshot, progress=config.progress,
+            limit=int(config.limit) if config.limit and config.limit >= 1 else config.limit,  # lm-eval: float = fraction
+        )
+    if evaluation:
         report["eval"] = evaluation
     if config.output:
         options = {"save_format": config.save_format} if config.save_format != "dense" else {}

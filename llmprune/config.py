@@ -29,6 +29,11 @@ class PruneConfig:
     eval_ppl: bool = False
     eval_seqlen: int = 512
     eval_windows: int | None = None
+    ppl: str | None = None  # after pruning: comma-separated perplexity sources (see `llmprune eval`)
+    tasks: str | None = None  # after pruning: comma-separated lm-eval tasks
+    num_fewshot: int | None = None
+    limit: float | None = None
+    eval_batch_size: int | None = None
     save_format: str = "dense"
     push_to_hub: str | None = None
     report: str | None = None  # where to write the report JSON when there is no --output

@@ -130,3 +130,22 @@ def test_unknown_calibration_file_type(tiny_model_dir, tmp_path, capsys):
 def test_help_lists_the_commands(capsys):
     code, stdout, _ = run_cli(capsys, "--help")
     assert code == 0 and "--sparsity" in stdout and "prune" in stdout
+
+
+def test_evaluation_after_pruning_goes_into_the_report(tiny_model_dir, calibration_text, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(capsys, *common_args(tiny_model_dir, calibration_text), "--output", out,
+                                   "--ppl", calibration_text, "--eval-seqlen", 16, "--eval-windows", 3)
+    assert code == 0, stderr
+    report = json.loads((out / "llmprune_report.json").read_text())
+    result = report["eval"]["results"]["ppl"][str(calibration_text)]
+    assert result["windows"] == 3 and result["ppl"] > 1
+    assert "after pruning" in stdout
+
+
+def test_unknown_task_fails_before_any_work(tiny_model_dir, calibration_text, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, _, stderr = run_cli(capsys, *common_args(tiny_model_dir, calibration_text), "--output", tmp_path / "out",
+                              "--tasks", "no_such_task_xyz")
+    assert_one_line_error(code, stderr, "no_such_task_xyz")
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from ..config import PruneConfig
+from .evaluate import add_eval_arguments
 from ..methods import METHODS
 
 HELP = "prune a model (the default command)"
@@ -18,6 +19,7 @@ EPILOG = """examples:
   llmprune --model llama --method sparsegpt --pattern 2:4 --nsamples 32 --seqlen 512 --output out/sgpt-24
   llmprune --model Qwen/Qwen3-0.6B --method wanda --pattern 4:8 --ignore 'mlp.down_proj' --output out/q3
   llmprune --config configs/llama-wanda-50.yaml --output out/recipe
+  llmprune --model llama --pattern 2:4 --ppl wikipedia --tasks rt_sentiment,wiki_topic --output out/l24
 
 models: an alias (llama = smollm2-135m, the bundled SmolLM2-135M-Instruct), a local model
 folder, a .gguf file, or a Hugging Face hub id (needs the network or a cached copy).
@@ -62,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--eval-seqlen", type=int, help="perplexity window length (default: 512)")
     out.add_argument("--eval-windows", type=int, help="at most this many perplexity windows (default: all)")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    add_eval_arguments(parser, prune_command=True)
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
@@ -89,6 +92,10 @@ def print_summary(report: dict) -> None:
     if report.get("owl"):
         spread = report["owl"]["block_sparsity"]
         print(f"OWL block sparsities: {min(spread):.1%} .. {max(spread):.1%} (lambda {report['owl']['lambda']})")
+    if "results" in ppl:
+        from ..evaluate import format_table
+
+        print("\nafter pruning:\n" + format_table(ppl["results"]))
     if report.get("output"):
         print(f"\nsaved to {report['output']}")
 
