@@ -4,11 +4,26 @@
     model, tokenizer = llmprune.load_model("llama")
     report = llmprune.prune(model, tokenizer, method="wanda", sparsity=0.5)
     llmprune.save_pretrained(model, tokenizer, "llama-wanda-50", report)
+    model = llmprune.load_pretrained("llama-wanda-50")   # dense or sparse folders
 """
+from importlib import import_module
+
 __version__ = "0.1.0"
 
-from .api import load_model, prune, save_pretrained  # noqa: E402
-from .errors import LLMPruneError  # noqa: E402
-from .io.loading import load_pretrained  # noqa: E402
+# Resolved on first use, so `llmprune --help` and `import llmprune.cli` need no torch import.
+_PUBLIC = {
+    "load_model": "api",
+    "prune": "api",
+    "save_pretrained": "api",
+    "load_pretrained": "io.loading",
+    "LLMPruneError": "errors",
+}
+__all__ = [*_PUBLIC, "__version__"]
 
-__all__ = ["LLMPruneError", "load_model", "load_pretrained", "prune", "save_pretrained", "__version__"]
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'llmprune' has no attribute '{name}'")
