@@ -310,11 +310,14 @@ def plot(rows: list[dict], path: Path, settings: dict) -> None:
         unstructured = sorted((r for r in items if r["pattern"] == "unstructured"), key=lambda r: r["sparsity"])
         if unstructured:
             ax.plot([r["sparsity"] for r in unstructured], [r["wikipedia_ppl"] for r in unstructured], "o-", color=color, label=label)
+        # N:M points sit at 0.5 like the 50% unstructured ones; shift each series a little to keep them apart.
+        shift = 0.006 * (i - (len(series) - 1) / 2)
         for r in items:
             if r["pattern"] != "unstructured":
-                ax.plot([r["sparsity"]], [r["wikipedia_ppl"]], "s", color=color, markerfacecolor="none",
+                ax.plot([r["sparsity"] + shift], [r["wikipedia_ppl"]], "s", color=color, markerfacecolor="none",
                         label=None if unstructured else label)
-                ax.annotate(r["pattern"], (r["sparsity"], r["wikipedia_ppl"]), textcoords="offset points", xytext=(5, 3), fontsize=7, color=color)
+                ax.annotate(r["pattern"], (r["sparsity"] + shift, r["wikipedia_ppl"]), textcoords="offset points",
+                            xytext=(4, 3), fontsize=7, color=color)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (squares: N:M patterns)")
     ax.set_ylabel("Wikipedia test perplexity (log)")
