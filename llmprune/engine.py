@@ -171,19 +171,16 @@ def _working_copy(layer: nn.Module) -> torch.Tensor:
     return weight_matrix(layer).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
-# Methods that choose each output row's mask from that row alone and change no values, so a
-# layer can be pruned a slice of rows at a time with the same result. Their float32 working
-# copies (weight, scores, top-k indices) then cost a slice instead of the whole matrix: for a
-# 4096 x 11008 layer about 1 GB of temporaries becomes about 60 MB, which is what lets streaming
-# keep its peak near one block.
-ROW_SEPARABLE = {"wanda"}
+# A row-separable method (see PruningMethod.row_separable) is given a slice of rows at a time:
+# its float32 working copies then cost a slice instead of the whole matrix (for a 4096 x 11008
+# layer about 1 GB of temporaries becomes about 60 MB), which keeps streaming's peak near one block.
 ROWS_PER_SLICE = 512
 
 
 def prune_layer_weights(layer: nn.Module, method: PruningMethod, stats: Any, target: SparsityTarget) -> None:
     """Prune one layer in place: ask the method for a mask (and new values), zero the rest."""
     matrix = weight_matrix(layer)
-    if method.name in ROW_SEPARABLE and matrix.shape[0] > ROWS_PER_SLICE:
+    if method.row_separable and matrix.shape[0] > ROWS_PER_SLICE:
         for start in range(0, matrix.shape[0], ROWS_PER_SLICE):
             rows = matrix[start : start + ROWS_PER_SLICE]
             part = rows.to(torch.float32, memory_format=torch.contiguous_format, copy=True)

@@ -73,6 +73,9 @@ class PruningMethod(ABC):
 
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = True
+    # True when each output row's mask depends on that row alone and no values change, so the
+    # engine may hand the method a slice of rows at a time (same result, less memory).
+    row_separable: ClassVar[bool] = False
 
     def new_statistics(self, columns: int, device: torch.device) -> Any:
         return None

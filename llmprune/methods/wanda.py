@@ -9,6 +9,7 @@ from .base import PruneResult, PruningMethod, SparsityTarget
 
 class Wanda(PruningMethod):
     name = "wanda"
+    row_separable = True  # per-row comparison groups, both unstructured and N:M
 
     def new_statistics(self, columns: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(columns, dtype=torch.float32, device=device)  # running sum of squares per input
