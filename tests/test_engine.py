@@ -98,3 +98,24 @@ def test_report_has_the_documented_fields():
         assert key in report
     assert report["total_sparsity"] == pytest.approx(0.6, abs=0.01)
     assert set(report["calibration"]) >= {"source", "nsamples", "seqlen", "seed"}
+
+
+def test_row_slices_give_the_same_result_as_the_whole_matrix():
+    """Wanda is handed big layers a slice of rows at a time; the result must not change."""
+    from torch import nn
+
+    from llmprune.engine import ROWS_PER_SLICE, prune_layer_weights
+    from llmprune.methods import SparsityTarget
+    from llmprune.methods.wanda import Wanda
+
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 2 * ROWS_PER_SLICE + 77, bias=False)
+    stats = torch.rand(32) * 10
+    for target in (SparsityTarget.parse(0.6), SparsityTarget.parse(pattern="2:4")):
+        expected = layer.weight.detach().clone()
+        result = Wanda().prune(expected.clone(), stats, target)
+        expected.masked_fill_(~result.keep, 0.0)
+        sliced = nn.Linear(32, layer.out_features, bias=False)
+        sliced.weight.data.copy_(layer.weight.data)
+        prune_layer_weights(sliced, Wanda(), stats, target)
+        assert torch.equal(sliced.weight.data, expected)
