@@ -112,3 +112,12 @@ def test_local_task_files(tmp_path):
     (tmp_path / "nolabel.csv").write_text("text,score\na,1\n", encoding="utf-8")
     with pytest.raises(LLMPruneError, match="no label column"):
         load_task(str(tmp_path / "nolabel.csv"))
+
+
+def test_glue_without_hub_fails_at_once(monkeypatch, capsys, tmp_path):
+    from llmprune.imp import tasks
+
+    monkeypatch.setattr(tasks, "hub_offline", lambda: False)
+    monkeypatch.setattr(tasks, "hub_reachable", lambda: False)
+    err = error_line(capsys, ["imp", "--task", "sst2", "--output", str(tmp_path / "o")])
+    assert "GLUE task 'sst2' needs the Hugging Face hub" in err and "rt-polarity" in err

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..data import wikipedia_split
 from ..errors import LLMPruneError
+from ..evaluate.corpora import hub_offline, hub_reachable
 from ..paths import package_dir
 
 Example = tuple  # (text_a: str, text_b: str | None, label: int | float)
@@ -173,6 +174,13 @@ def glue_task(name: str) -> Task:
     import datasets
 
     (field_a, field_b), num_labels, metric, eval_splits = GLUE[name]
+    # without the hub, datasets retries for ~40 s before failing; with offline mode set it
+    # may still answer from its local cache, so only an unreachable hub in online mode stops here
+    if not hub_offline() and not hub_reachable():
+        raise LLMPruneError(
+            f"GLUE task '{name}' needs the Hugging Face hub, which is not reachable; offline use rt-polarity, "
+            f"wiki-topic or a local .csv/.jsonl file (set HF_HUB_OFFLINE=1 to read a local datasets cache)"
+        )
     try:
         loaded = datasets.load_dataset("nyu-mll/glue", name)
     except Exception as exc:  # datasets raises many types for "not reachable"
