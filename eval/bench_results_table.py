@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-peer", action="store_true", help="skip llmcompressor rows")
     p.add_argument("--libraries", default="llmprune,llmcompressor", help="which libraries' rows to run (dense always runs when in --methods)")
     p.add_argument("--resume", action="store_true", help="keep rows already in the results JSON with the same settings")
+    p.add_argument("--merge", help="comma-separated results JSONs (same settings) whose rows join this table")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -243,7 +244,19 @@ def fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+METHOD_ORDER = {"dense": 0, "magnitude": 1, "wanda": 2, "sparsegpt": 3}
+LIBRARY_ORDER = {"-": 0, "llmprune": 1, "llmcompressor": 2}
+
+
+def table_order(row: dict) -> tuple:
+    """Dense first; then by method, library, unstructured by sparsity before N:M patterns."""
+    r = row["row"]
+    return (METHOD_ORDER.get(r["method"], 9), LIBRARY_ORDER.get(r["library"], 9), r["pattern"] is not None,
+            r["sparsity"] or 0.0, r["pattern"] or "")
+
+
 def write_outputs(results: dict, out_dir: Path, name: str) -> None:
+    results["rows"].sort(key=table_order)
     rows = [summary_row(r) for r in results["rows"]]
     results["table"] = rows
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -362,6 +375,18 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
         "notes": notes,
     }
+    results["notes"] += [n for n in (previous or {}).get("notes", []) if n not in results["notes"]]
+    if previous and previous.get("command") != command:
+        results["notes"].append(f"rows kept from an earlier run (--resume) produced by: `{previous['command']}`")
+    for other in split_list(args.merge):
+        data = json.loads(Path(other).read_text())
+        if data.get("settings") != settings_of(args):
+            raise SystemExit(f"{other} was produced with other settings; not merged")
+        known = set(done) | {row_key(r["row"]) for r in results["rows"]}
+        results["rows"] += [r for r in data["rows"] if row_key(r["row"]) not in known]
+        results["costs"] = results["costs"] or data.get("costs")
+        results["notes"].append(f"rows merged from {Path(other).name}, produced by: `{data['command']}`")
+        results["notes"] += [n for n in data.get("notes", []) if n not in results["notes"]]
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     calibration_ids = calibration_batch(tokenizer, "wikipedia", args.nsamples, args.seqlen, args.seed)
     with tempfile.TemporaryDirectory(prefix="llmprune-bench-") as tmp:
