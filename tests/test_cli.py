@@ -149,3 +149,10 @@ def test_unknown_task_fails_before_any_work(tiny_model_dir, calibration_text, tm
                               "--tasks", "no_such_task_xyz")
     assert_one_line_error(code, stderr, "no_such_task_xyz")
     assert not (tmp_path / "out").exists()
+
+
+def test_output_files_are_readable_by_others(tiny_model_dir, calibration_text, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, *common_args(tiny_model_dir, calibration_text), "--method", "magnitude", "--output", out)
+    assert code == 0, stderr
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in [out, *out.iterdir()])

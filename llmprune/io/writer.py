@@ -48,7 +48,10 @@ def write_folder_atomically(target: Path, fill: Callable[[Path], None], overwrit
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         fill(tmp)
+        # mkdtemp (and the safetensors writer) create private files; a model folder should read like any other.
         tmp.chmod(0o755)
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
