@@ -138,6 +138,8 @@ def build_large_model(folder: Path, layers: int) -> None:
 def part_small(args, scratch: Path) -> dict:
     common = ["--model", "llama", "--method", "wanda", "--sparsity", "0.5", "--nsamples", str(args.nsamples),
               "--seqlen", str(args.seqlen), "--no-progress"]
+    if args.batch_size:
+        common += ["--batch-size", str(args.batch_size)]
     runs = {}
     for repeat in range(args.repeats):
         for mode in ("memory", "stream"):
@@ -204,12 +206,12 @@ def write_results(result: dict, out: Path) -> None:
     previous.update(result)
     out.with_suffix(".json").write_text(json.dumps(previous, indent=2) + "\n", encoding="utf-8")
     lines = ["# Streaming vs in-memory pruning", ""]
-    for key in ("small", "large"):
-        if key not in previous:
-            continue
+    for key in sorted(k for k in previous if k.startswith("small")) + sorted(k for k in previous if k.startswith("large")):
         part = previous[key]
         lines += [f"## {key}: {part['model']}", "", f"Command: `{part['command']}`", ""]
-        if key == "small":
+        if part.get("note"):
+            lines += [part["note"], ""]
+        if key.startswith("small"):
             lines += ["| mode | wall s (best) | peak RSS MiB (best) | peak after calibration built MiB | runs (s / MiB / MiB) |",
                       "|---|---:|---:|---:|---|"]
             for mode in ("memory", "stream"):
@@ -239,6 +241,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["small", "large", "all"], default="all")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=None, help="small model: calibration windows per chunk, both modes")
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode on the small model (best is kept)")
     parser.add_argument("--large-layers", type=int, default=14)
     parser.add_argument("--large-nsamples", type=int, default=8)
@@ -253,7 +256,8 @@ def main() -> None:
     result = {}
     try:
         if args.part in ("small", "all"):
-            result["small"] = {"command": command, **part_small(args, scratch)}
+            key = f"small_batch{args.batch_size}" if args.batch_size else "small"
+            result[key] = {"command": command, **part_small(args, scratch)}
         if args.part in ("large", "all"):
             result["large"] = {"command": command, **part_large(args, scratch)}
     finally:
