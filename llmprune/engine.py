@@ -57,7 +57,7 @@ def _move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device) -> Non
     """Move embeddings, rotary tables and the like (everything but the blocks) to ``device``."""
     in_blocks = {id(t) for t in blocks.parameters()} | {id(t) for t in blocks.buffers()}
     for tensor in list(model.parameters()) + list(model.buffers()):
-        if id(tensor) not in in_blocks:
+        if id(tensor) not in in_blocks and tensor.device.type != "meta":  # streaming leaves unused ones unloaded
             tensor.data = tensor.data.to(device)
 
 
@@ -67,7 +67,11 @@ def capture_block_inputs(model: nn.Module, chunks: list[torch.Tensor], device) -
     _, blocks = find_blocks(model)
     home = next(model.parameters()).device
     _move_outside_blocks(model, blocks, device)
-    blocks[0].to(device)
+    # Block 0 only hosts the hook that stops the forward, its weights are never used; a streaming
+    # run leaves it on the meta device here and loads it when its turn comes.
+    block0_on_meta = next(blocks[0].parameters()).device.type == "meta"
+    if not block0_on_meta:
+        blocks[0].to(device)
     captured: list[BlockInputs] = []
 
     def record(module, args, kwargs):
@@ -92,7 +96,8 @@ def capture_block_inputs(model: nn.Module, chunks: list[torch.Tensor], device) -
                 pass
     finally:
         handle.remove()
-        blocks[0].to(home)
+        if not block0_on_meta:
+            blocks[0].to(home)
         _move_outside_blocks(model, blocks, home)
     if len(captured) != len(chunks):
         raise LLMPruneError(f"{type(model).__name__}: the first decoder block was never called")

@@ -261,6 +261,17 @@ class TensorPlaces:
                 _set_tensor(self.model, alias, empty)
 
 
+def output_head_names(model: nn.Module, places: TensorPlaces, outside: list[str]) -> list[str]:
+    """The output head's own tensors (lm_head not tied to the embeddings): only written, never run."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return []
+    prefix = next((name for name, module in model.named_modules() if module is head), None)
+    if not prefix:
+        return []
+    return [n for n in outside if n.startswith(prefix + ".") and len(places.aliases[n]) == 1]
+
+
 def _is_parameter(model: nn.Module, name: str) -> bool:
     module, attribute = _owner(model, name)
     return attribute in module._parameters
@@ -486,6 +497,7 @@ def prune_streaming(
     block_names = [[f"{path}.{i}.{name}" for name in block.state_dict()] for i, block in enumerate(blocks)]
     in_blocks = {name for names in block_names for name in names}
     outside = [name for name in places.names if name not in in_blocks]
+    head = output_head_names(model, places, outside)
 
     source = "given token ids" if calibration_ids is not None else calibration
     needs_data = pruning_method.needs_calibration or owl
@@ -496,22 +508,24 @@ def prune_streaming(
     def fill(tmp: Path) -> None:
         (tmp / OWNER_FILE).write_text(str(os.getpid()))
         writer = plan.open(tmp)
-        # 1. What lies outside the blocks (and block 0, which the capture hook sits on).
-        places.load(checkpoint, outside + block_names[0])
+        # 1. What lies outside the blocks, without the output head (nothing before the blocks uses it).
+        early = [name for name in outside if name not in head]
+        places.load(checkpoint, early)
         inputs = capture_block_inputs(model, chunks, device) if needs_data else None
-        plan.write_tensors(writer, model, outside)
-        places.release(outside)
+        plan.write_tensors(writer, model, early)
+        places.release(early)
+        places.load(checkpoint, head)
+        plan.write_tensors(writer, model, head)
+        places.release(head)
         # 2. OWL needs the dense model's outlier ratio of every block first: one extra read sweep.
         block_targets, owl_entry = None, None
         if owl:
             dense_inputs = copy_inputs(inputs)
             ratios = []
             for index, block in enumerate(tqdm(blocks, desc="OWL outlier ratios", unit="block", disable=not progress)):
-                if index:
-                    places.load(checkpoint, block_names[index])
+                places.load(checkpoint, block_names[index])
                 ratios.append(block_outlier_ratio(block, dense_inputs, owl_m, device, targets, ignore))
-                if index:
-                    places.release(block_names[index])
+                places.release(block_names[index])
             del dense_inputs
             owl_entry, block_targets = api.owl_allocation(model, ratios, target, owl_m, owl_lambda, targets, ignore)
         # 3. Each block: load, prune (statistics, masks, outputs for the next block), write, drop.
@@ -519,8 +533,7 @@ def prune_streaming(
         block_inputs = inputs if pruning_method.needs_calibration else None
         bar = tqdm(blocks, desc=f"{pruning_method.name} {target.describe()} (streaming)", unit="block", disable=not progress)
         for index, block in enumerate(bar):
-            if index or owl:
-                places.load(checkpoint, block_names[index])
+            places.load(checkpoint, block_names[index])
             block_target = target if block_targets is None else block_targets[index]
             result = prune_block(block, pruning_method, block_target, block_inputs, device, targets, ignore)
             layers.update({f"{path}.{index}.{name}": value for name, value in result.items()})
