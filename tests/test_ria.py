@@ -87,3 +87,22 @@ def test_prune_a_model_with_ria():
     for name, param in model.named_parameters():
         kept = param != 0
         torch.testing.assert_close(param[kept], before[name][kept])
+
+
+def test_large_layers_are_pruned_whole_not_in_row_slices():
+    # Engines may slice row-separable methods; RIA's column sums and layer-wide group must see every row.
+    from torch import nn
+
+    from llmprune.engine import ROWS_PER_SLICE, prune_layer_weights
+
+    generator = torch.Generator().manual_seed(4)
+    layer = nn.Linear(16, ROWS_PER_SLICE * 2 + 8, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator))
+        layer.weight[: ROWS_PER_SLICE] *= 0.01  # the first slice is weak: a layer-wide group prunes it most
+    original = layer.weight.detach().clone()
+    stats = torch.rand(16, generator=generator) + 0.5
+    method = get_method("ria")
+    prune_layer_weights(layer, method, stats, SparsityTarget.parse(0.5))
+    expected = method.prune(original.clone(), stats, SparsityTarget.parse(0.5)).keep
+    assert torch.equal(layer.weight != 0, expected)

@@ -31,6 +31,8 @@ class RIA(Wanda):
     """Same statistics as Wanda (per-input sums of squares), different score and comparison group."""
 
     name = "ria"
+    # Column sums and the layer-wide comparison need every row at once (Wanda's slicing would be wrong here).
+    row_separable = False
 
     def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, target: SparsityTarget) -> PruneResult:
         return PruneResult(keep=masks.select(ria_scores(weight, stats), target, unstructured_group="layer"))
