@@ -155,3 +155,14 @@ def test_bad_targets_are_refused(sparsity, pattern, message):
 def test_unknown_method_is_refused():
     with pytest.raises(LLMPruneError, match="unknown method"):
         get_method("prune-everything")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_masks_count_exactly_even_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (9, 24), generator=g).float()  # heavy ties at the threshold
+    for keep, expected in ((keep_per_row(scores, 0.5), 12), (keep_n_of_m(scores, 2, 4).reshape(9, 6, 4), 2)):
+        assert ((~keep).sum(dim=-1) == expected).all()
+    flat = keep_per_layer(scores, 0.4)
+    assert (~flat).sum() == int(scores.numel() * 0.4)
+    assert scores[~flat].max() <= scores[flat].min()

@@ -7,11 +7,19 @@ from .base import SparsityTarget
 
 
 def _keep_all_but_lowest(scores: torch.Tensor, count: int, dim: int) -> torch.Tensor:
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    if count > 0:
-        lowest = torch.topk(scores, count, dim=dim, largest=False).indices
-        keep.scatter_(dim, lowest, False)
-    return keep
+    """False for exactly ``count`` lowest scores along ``dim``; ties at the threshold go left to right.
+
+    A k-th value threshold plus a tie-break is several times faster on CPU than ``topk`` with
+    a large k (half a layer, for magnitude pruning at 50%).
+    """
+    if count <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, count, dim=dim, keepdim=True).values
+    below = scores < threshold
+    at = scores == threshold
+    still_needed = count - below.sum(dim=dim, keepdim=True)
+    tie_rank = torch.cumsum(at, dim=dim)
+    return ~(below | (at & (tie_rank <= still_needed)))
 
 
 def keep_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
