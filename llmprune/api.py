@@ -68,10 +68,14 @@ def _chunk_count(model, nsamples: int, seqlen: int, batch_size: int | None) -> i
     return max(1, -(-nsamples * per_sample // SINGLE_PASS_ACTIVATION_BUDGET))
 
 
+# Calibration text is tokenised in pieces of this many characters (bounded memory; see tokenize_corpus).
+CALIBRATION_PIECE_CHARS = 200_000
+
+
 def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128, seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
     """``nsamples`` x ``seqlen`` token windows at random offsets in the source's train split."""
     text = load_text(source, split="train")
-    return calibration_windows(tokenize_corpus(tokenizer, text), nsamples, seqlen, seed)
+    return calibration_windows(tokenize_corpus(tokenizer, text, piece_chars=CALIBRATION_PIECE_CHARS), nsamples, seqlen, seed)
 
 
 def return_freed_memory() -> None:

@@ -105,10 +105,25 @@ def load_text(source: str = WIKIPEDIA, split: str = "train") -> str:
     return _read_hub(source, split)
 
 
-def tokenize_corpus(tokenizer, text: str) -> torch.Tensor:
-    """The whole text as one 1-D tensor of token ids (no special tokens between documents)."""
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+def tokenize_corpus(tokenizer, text: str, piece_chars: int | None = None) -> torch.Tensor:
+    """The whole text as one 1-D tensor of token ids (no special tokens between documents).
+
+    With ``piece_chars`` the text is tokenised in pieces of about that many characters, cut
+    just after a paragraph break: a fast tokenizer's working memory for a million-token text
+    is several hundred MB, a piece's is a few MB. Tokens can differ from one-shot tokenisation
+    only at the few piece boundaries, which is harmless for calibration windows; perplexity
+    tokenises its (smaller) test text whole, as the protocol says.
+    """
+    if piece_chars is None or len(text) <= piece_chars:
+        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n\n", start + piece_chars)
+        end = len(text) if end < 0 else end + 2
+        pieces.append(tokenize_corpus(tokenizer, text[start:end]))
+        start = end
+    return torch.cat(pieces)
 
 
 def calibration_windows(token_ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
