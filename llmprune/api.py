@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -81,9 +80,9 @@ def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128,
 def return_freed_memory() -> None:
     """Hand memory freed by Python back to the OS (glibc keeps it otherwise).
 
-    Tokenising a whole corpus leaves several hundred MB of freed small blocks in the heap, which
-    tensors (allocated with mmap) never reuse; resident memory would stay that much higher for the
-    rest of the run. A no-op where glibc is not the C library.
+    Reading and tokenising a corpus leaves freed small blocks in the heap, which tensors (allocated
+    with mmap) never reuse; resident memory would stay that much higher for the rest of the run.
+    A no-op where glibc is not the C library.
     """
     import ctypes
 

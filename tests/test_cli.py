@@ -4,7 +4,6 @@ import shutil
 from collections import namedtuple
 
 import pytest
-import torch
 import transformers
 
 from llmprune.cli import main

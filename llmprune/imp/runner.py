@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import LLMPruneError
 from .encoder import load_classifier, prunable_parameters
 from .features import Encoded
-from .masks import (Masks, dense_masks, global_magnitude_masks, load_masks, random_masks, save_masks,
-                    sparsity)
+from .masks import (Masks, dense_masks, global_magnitude_masks, load_masks, random_masks, save_masks)
 from .metrics import main_metric
 from .schedule import sparsity_schedule
 from .tasks import Task, load_task, subsample
