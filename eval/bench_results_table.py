@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--libraries", default="llmprune,llmcompressor", help="which libraries' rows to run (dense always runs when in --methods)")
     p.add_argument("--resume", action="store_true", help="keep rows already in the results JSON with the same settings")
     p.add_argument("--merge", help="comma-separated results JSONs (same settings) whose rows join this table")
+    p.add_argument("--note", action="append", help="a line to add under the table (e.g. what else ran on the machine); repeatable")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -355,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     peer = find_peer(args)
     notes = []
-    if peer is None and not args.no_peer:
+    wants_peer_rows = "llmcompressor" in split_list(args.libraries) and any(m in PEER_METHODS for m in split_list(args.methods))
+    if peer is None and not args.no_peer and wants_peer_rows:
         notes.append("llmcompressor rows skipped: not importable here and no --peer-python given "
                      "(llmcompressor 0.14 needs transformers<=5.17; install it in its own venv).")
+    notes += args.note or []
     command = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "(unset)") + " " + shlex.join(
         [".venv/bin/python", "eval/bench_results_table.py", *(argv if argv is not None else sys.argv[1:])])
     results_path = out_dir / f"{args.name}.json"
