@@ -539,6 +539,9 @@ def prune_streaming(
             layers.update({f"{path}.{index}.{name}": value for name, value in result.items()})
             plan.write_tensors(writer, model, block_names[index])
             places.release(block_names[index])
+            # The pruning temporaries of this block sit freed in the C heap, where the next block's
+            # weights (memory-mapped reads) cannot reuse them; without this they add to its peak.
+            api.return_freed_memory()
         writer.finish()
         plan.write_index(tmp)
         write_model_files(model, tmp)

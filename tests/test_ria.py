@@ -89,11 +89,15 @@ def test_prune_a_model_with_ria():
         torch.testing.assert_close(param[kept], before[name][kept])
 
 
-def test_large_layers_are_pruned_whole_not_in_row_slices():
+def test_large_layers_are_pruned_whole_not_in_row_slices(monkeypatch):
     # Engines may slice row-separable methods; RIA's column sums and layer-wide group must see every row.
     from torch import nn
 
-    from llmprune.engine import ROWS_PER_SLICE, prune_layer_weights
+    from llmprune import engine
+    from llmprune.engine import prune_layer_weights
+
+    ROWS_PER_SLICE = 100
+    monkeypatch.setattr(engine, "ELEMENTS_PER_SLICE", 16 * ROWS_PER_SLICE)
 
     generator = torch.Generator().manual_seed(4)
     layer = nn.Linear(16, ROWS_PER_SLICE * 2 + 8, bias=False)

@@ -18,6 +18,8 @@ def _keep_all_but_lowest(scores: torch.Tensor, count: int, dim: int) -> torch.Te
     below = scores < threshold
     at = scores == threshold
     still_needed = count - below.sum(dim=dim, keepdim=True)
+    if bool((at.sum(dim=dim, keepdim=True) == still_needed).all()):
+        return ~(below | at)  # no group has surplus ties: spare the int64 ranks of every entry
     tie_rank = torch.cumsum(at, dim=dim)
     return ~(below | (at & (tie_rank <= still_needed)))
 

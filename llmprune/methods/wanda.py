@@ -7,6 +7,9 @@ from . import masks
 from .base import PruneResult, PruningMethod, SparsityTarget
 
 
+SQUARES_ROWS = 4096
+
+
 class Wanda(PruningMethod):
     name = "wanda"
     row_separable = True  # per-row comparison groups, both unstructured and N:M
@@ -15,7 +18,9 @@ class Wanda(PruningMethod):
         return torch.zeros(columns, dtype=torch.float32, device=device)  # running sum of squares per input
 
     def update_statistics(self, stats: torch.Tensor, inputs: torch.Tensor) -> None:
-        stats += inputs.square().sum(dim=0)
+        # In slices of rows, so the squares never take a full copy of the (tokens x columns) input.
+        for rows in inputs.split(SQUARES_ROWS):
+            stats += rows.square().sum(dim=0)
 
     def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, target: SparsityTarget) -> PruneResult:
         scores = weight.abs() if stats is None else weight.abs() * stats.sqrt().unsqueeze(0)
