@@ -15,11 +15,12 @@ import torch
 
 from . import __version__
 from .data import calibration_windows, load_text, tokenize_corpus
-from .engine import capture_block_inputs, copy_inputs, measure_outlier_ratios, prunable_weight_count, prune_blocks
+from .engine import capture_block_inputs, copy_inputs, prune_blocks
 from .errors import LLMPruneError
 from .io.writer import save_pruned_model
 from .methods import SparsityTarget, get_method
 from .models import load_causal_lm, resolve_device
+from .owl import check_owl_options, measure_outlier_ratios, owl_allocation
 
 # Calibration batches above this many activation bytes per block are split into chunks
 # (two passes per block) instead of one fused pass.
@@ -199,37 +200,6 @@ def prune_report(model, pruning_method, target: SparsityTarget, layers: dict[str
         "versions": versions(),
         "layers": layers,
     }
-
-
-def check_owl_options(target: SparsityTarget, owl: bool, owl_m: float, owl_lambda: float) -> None:
-    if not owl:
-        return
-    if target.semi_structured:
-        raise LLMPruneError(
-            f"OWL gives blocks different sparsities, which an N:M pattern ({target.pattern}) cannot; "
-            "use --sparsity with --owl"
-        )
-    if not owl_m > 0:
-        raise LLMPruneError(f"--owl-m must be positive, got {owl_m}")
-    if not 0 <= owl_lambda < 1:
-        raise LLMPruneError(f"--owl-lambda must be in [0, 1), got {owl_lambda}")
-
-
-def owl_allocation(model, ratios: list[float], target: SparsityTarget, owl_m: float, owl_lambda: float, targets=None, ignore=None):
-    """(report entry, per-block targets) from the blocks' outlier ratios; used by both run modes."""
-    from .allocation import owl_sparsities
-    from .models import find_blocks
-
-    _, blocks = find_blocks(model)
-    sizes = [prunable_weight_count(block, targets, ignore) for block in blocks]
-    block_sparsity = owl_sparsities(ratios, target.sparsity, owl_lambda, sizes)
-    entry = {
-        "m": owl_m,
-        "lambda": owl_lambda,
-        "outlier_ratios": [round(r, 6) for r in ratios],
-        "block_sparsity": [round(s, 6) for s in block_sparsity],
-    }
-    return entry, [SparsityTarget(sparsity=s) for s in block_sparsity]
 
 
 def save_pretrained(model, tokenizer, output_dir: str | Path, report: dict | None = None, overwrite: bool = False, **options) -> Path:

@@ -258,65 +258,34 @@ def prune_block(
 
 
 @torch.no_grad()
-def block_outlier_ratio(
+def gather_block_statistics(
     block: nn.Module,
+    method: PruningMethod,
     inputs: list[BlockInputs],
-    m: float,
     device: str | torch.device = "cpu",
     targets: list[str] | None = None,
     ignore: list[str] | None = None,
-) -> float:
-    """OWL's outlier ratio of one dense block: the share of its Wanda scores above ``m`` x their mean.
-
-    Runs the block unpruned on ``inputs`` (gathering Wanda's input norms on the selected layers)
-    and replaces each item's hidden states by the dense outputs, so the next block is measured
-    on what the dense model feeds it.
-    """
-    from .allocation import outlier_ratio
-    from .methods.wanda import Wanda
-
+) -> dict[str, tuple[nn.Module, Any]]:
+    """Run one block unpruned on ``inputs``, folding each selected layer's inputs into ``method``'s
+    statistics; returns name -> (layer, statistics or None). Each item's hidden states become the
+    block's outputs, so the next block sees what the unpruned model feeds it."""
     home = next(block.parameters()).device
     block.to(device)
     layers = prunable_layers(block, targets, ignore)
-    recorder = _BlockPruner(Wanda(), SparsityTarget(0.0), layers, prune_on_sight=False)
+    recorder = _BlockPruner(method, SparsityTarget(0.0), layers, prune_on_sight=False)
     try:
         outputs = _run_block(block, inputs, recorder.end_call)
     finally:
         recorder.remove()
     for item, output in zip(inputs, outputs):
         item.hidden = output
-    scores = []
-    for name, layer in layers.items():
-        stats = recorder.stats.get(name)
-        weight = weight_matrix(layer).float().abs()
-        scores.append(weight if stats is None else weight * stats.sqrt().unsqueeze(0))
-    ratio = outlier_ratio(scores, m)
     block.to(home)
-    return ratio
+    return {name: (layer, recorder.stats.get(name)) for name, layer in layers.items()}
 
 
 def copy_inputs(inputs: list[BlockInputs]) -> list[BlockInputs]:
     """Fresh hidden states over the same keyword arguments, for a second sweep over the blocks."""
     return [BlockInputs(item.hidden.clone(), item.args, item.kwargs) for item in inputs]
-
-
-@torch.no_grad()
-def measure_outlier_ratios(
-    model: nn.Module,
-    chunks: list[torch.Tensor],
-    m: float = 5.0,
-    device: str | torch.device = "cpu",
-    targets: list[str] | None = None,
-    ignore: list[str] | None = None,
-    progress: bool = True,
-    inputs: list[BlockInputs] | None = None,
-) -> list[float]:
-    """OWL's outlier ratio of every block of the dense model, calibration propagated through dense blocks."""
-    _, blocks = find_blocks(model)
-    if inputs is None:
-        inputs = capture_block_inputs(model, chunks, device)
-    bar = tqdm(blocks, desc="OWL outlier ratios", unit="block", disable=not progress)
-    return [block_outlier_ratio(block, inputs, m, device, targets, ignore) for block in bar]
 
 
 def prunable_weight_count(block: nn.Module, targets: list[str] | None = None, ignore: list[str] | None = None) -> int:

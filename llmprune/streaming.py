@@ -32,10 +32,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import block_outlier_ratio, capture_block_inputs, check_pattern_fits, copy_inputs, prune_block
+from .engine import capture_block_inputs, check_pattern_fits, copy_inputs, prune_block
 from .errors import LLMPruneError
 from .methods import SparsityTarget, get_method
 from .models import find_blocks, resolve_device, resolve_dtype, resolve_model_path
+from .owl import block_outlier_ratio, check_owl_options, owl_allocation
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -475,7 +476,7 @@ def prune_streaming(
     from .io.writer import check_free_space, check_output_dir, write_folder_atomically, write_report
 
     target = SparsityTarget.parse(sparsity, pattern)
-    api.check_owl_options(target, owl, owl_m, owl_lambda)
+    check_owl_options(target, owl, owl_m, owl_lambda)
     pruning_method = get_method(method, **method_options)
     destination = check_output_dir(output, overwrite)
     device = resolve_device(device)
@@ -527,7 +528,7 @@ def prune_streaming(
                 ratios.append(block_outlier_ratio(block, dense_inputs, owl_m, device, targets, ignore))
                 places.release(block_names[index])
             del dense_inputs
-            owl_entry, block_targets = api.owl_allocation(model, ratios, target, owl_m, owl_lambda, targets, ignore)
+            owl_entry, block_targets = owl_allocation(model, ratios, target, owl_m, owl_lambda, targets, ignore)
         # 3. Each block: load, prune (statistics, masks, outputs for the next block), write, drop.
         layers: dict[str, float] = {}
         block_inputs = inputs if pruning_method.needs_calibration else None

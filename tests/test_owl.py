@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import llmprune
-from llmprune.allocation import owl_sparsities, outlier_ratio
-from llmprune.engine import measure_outlier_ratios
+from llmprune.owl import measure_outlier_ratios, outlier_ratio, owl_sparsities
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_blocks, prunable_layers
 from tests.conftest import random_calibration, tiny_model
