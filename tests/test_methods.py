@@ -166,3 +166,22 @@ def test_masks_count_exactly_even_with_ties(seed):
     flat = keep_per_layer(scores, 0.4)
     assert (~flat).sum() == int(scores.numel() * 0.4)
     assert scores[~flat].max() <= scores[flat].min()
+
+
+def test_wanda_statistics_over_many_tokens_are_the_sum_of_squares():
+    # More tokens than one slice of squares: the slices must add up to the whole sum.
+    from llmprune.methods import wanda
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * wanda.SQUARES_ROWS + 123, 6, generator=g)
+    stats = wanda.Wanda().new_statistics(6, torch.device("cpu"))
+    wanda.Wanda().update_statistics(stats, x)
+    expected = x.double().square().sum(dim=0)
+    assert torch.allclose(stats.double(), expected, rtol=1e-5)
+
+
+def test_tie_break_keeps_the_first_of_equal_scores():
+    # One group with surplus ties (three equal lowest scores, two to prune) next to one without.
+    scores = torch.tensor([[1.0, 1.0, 1.0, 5.0], [4.0, 3.0, 2.0, 1.0]])
+    keep = keep_per_row(scores, 0.5)
+    assert keep.tolist() == [[False, False, True, True], [True, True, False, False]]
