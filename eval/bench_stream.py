@@ -33,25 +33,27 @@ LARGE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, 
              vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 
 
-# The child runs the command unchanged, plus one measurement: right after the calibration windows
-# are built, the kernel's high-water mark (VmHWM) is reset, so the peak of the pruning phase proper
-# (model, blocks, activations) can be told apart from the tokenisation of the calibration corpus,
-# which both modes share.
+# The child runs the command unchanged, plus two measurements of its own high-water mark
+# (VmHWM; the rusage of a child also counts the parent's memory at fork time, which for the large
+# part is the model builder's): just before the calibration windows are built, then reset there
+# and read again at exit, so the pruning phase proper (model, blocks, activations) can be told
+# apart from what comes before it. The run's peak is the larger of the two.
 CHILD = """
 import atexit, sys
 import llmprune.api as api
 build = api.calibration_batch
+def high_water_kb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return line.split()[1]
 def measured(*args, **kwargs):
+    print('BEFORE_PEAK_KB', high_water_kb(), flush=True)
     ids = build(*args, **kwargs)
     with open('/proc/self/clear_refs', 'w') as handle:
         handle.write('5')
     return ids
 api.calibration_batch = measured
-def phase_peak():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmHWM'):
-            print('PHASE_PEAK_KB', line.split()[1], flush=True)
-atexit.register(phase_peak)
+atexit.register(lambda: print('PHASE_PEAK_KB', high_water_kb(), flush=True))
 from llmprune.cli import main
 sys.exit(main())
 """
@@ -69,11 +71,15 @@ def run_child(args: list[str], env_extra: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"llmprune {' '.join(args)} failed ({code}):\n{output[-3000:]}")
-    phase = [line.split()[1] for line in output.splitlines() if line.startswith("PHASE_PEAK_KB")]
+    def kilobytes(tag: str) -> int:
+        values = [int(line.split()[1]) for line in output.splitlines() if line.startswith(tag)]
+        return values[-1] if values else 0
+
+    before, phase = kilobytes("BEFORE_PEAK_KB"), kilobytes("PHASE_PEAK_KB")
     return {
-        "seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "phase_peak_mb": round(int(phase[-1]) / 1024, 1) if phase else None,
-        "tail": [line for line in output.strip().splitlines() if not line.startswith("PHASE_PEAK_KB")][-4:],
+        "seconds": round(seconds, 1), "peak_rss_mb": round(max(before, phase) / 1024, 1),
+        "phase_peak_mb": round(phase / 1024, 1), "rusage_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+        "tail": [line for line in output.strip().splitlines() if "_PEAK_KB" not in line][-4:],
     }
 
 

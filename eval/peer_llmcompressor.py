@@ -17,6 +17,15 @@ import resource
 import time
 
 
+def own_peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM), measured as llmprune measures its rows: rusage
+    would also count the driver's memory at the moment it started this process."""
+    for line in open("/proc/self/status", encoding="ascii"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True)
@@ -59,7 +68,7 @@ def main() -> int:
         max_seq_length=seqlen, shuffle_calibration_samples=False,
     )
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = own_peak_rss_mb()
     weights = {
         name + ".weight": module.weight.detach().to(torch.float32).contiguous().clone()
         for name, module in model.named_modules()

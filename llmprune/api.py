@@ -34,8 +34,20 @@ def load_model(spec: str, dtype: str | None = None, device: str = "auto"):
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's VmHWM is this process's own high-water mark. getrusage's ru_maxrss is only the
+    fallback: it also counts the parent's resident memory at the moment of fork/exec, so a
+    process started by a large one (a benchmark driver) would report the driver's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def versions() -> dict[str, str]:

@@ -155,3 +155,19 @@ def test_output_files_are_readable_by_others(tiny_model_dir, calibration_text, t
     code, _, stderr = run_cli(capsys, *common_args(tiny_model_dir, calibration_text), "--method", "magnitude", "--output", out)
     assert code == 0, stderr
     assert all(path.stat().st_mode & 0o044 == 0o044 for path in [out, *out.iterdir()])
+
+
+def test_reported_peak_memory_is_the_process_own_not_its_parents():
+    # A process started by a large one (a benchmark driver) must not report the driver's memory:
+    # getrusage's ru_maxrss does, /proc's VmHWM does not.
+    import subprocess
+    import sys
+
+    ballast = bytearray(1024 * 2**20)  # 1 GiB resident in this (parent) process
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    child = subprocess.run(
+        [sys.executable, "-c", "import llmprune.api as api; print(api.peak_rss_mb())"],
+        capture_output=True, text=True, check=True,
+    )
+    del ballast
+    assert float(child.stdout.strip().splitlines()[-1]) < 900
