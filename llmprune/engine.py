@@ -11,6 +11,7 @@ Two schedules, chosen by how many chunks the calibration batch is split into:
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -127,9 +128,11 @@ class _BlockPruner:
         self.prune_on_sight = prune_on_sight
         self.stats: dict[str, Any] = {}
         self.pruned: set[str] = set()
-        # Layers fed the same tensor (q/k/v, gate/up) share one statistics object. The tensor
-        # itself is held for the duration of one forward call so its address cannot be reused.
-        self._seen_this_call: dict[tuple, tuple[torch.Tensor, Any]] = {}
+        # Layers fed the same tensor (q/k/v, gate/up) share one statistics object. A tensor is
+        # recognised by its address while it is alive; only a weak reference is kept, so each
+        # input is freed as soon as the block's own code drops it (holding them for the whole
+        # call would keep every layer input of the block alive at once).
+        self._seen_this_call: dict[tuple, tuple[weakref.ref, Any]] = {}
         self._handles = [
             layer.register_forward_pre_hook(self._make_hook(name)) for name, layer in layers.items()
         ]
@@ -140,13 +143,14 @@ class _BlockPruner:
                 return
             inputs = args[0]
             key = (inputs.data_ptr(), tuple(inputs.shape))
-            if key not in self._seen_this_call:
+            seen = self._seen_this_call.get(key)
+            if seen is None or seen[0]() is None:  # a new tensor (perhaps at a freed one's address)
                 stats = self.stats.get(name)
                 if stats is None:
                     stats = self.method.new_statistics(inputs.shape[-1], inputs.device)
                 flat = inputs.reshape(-1, inputs.shape[-1]).float()
                 self.method.update_statistics(stats, flat)
-                self._seen_this_call[key] = (inputs, stats)
+                self._seen_this_call[key] = (weakref.ref(inputs), stats)
             self.stats.setdefault(name, self._seen_this_call[key][1])
             if self.prune_on_sight:
                 self.prune_layer(name)
