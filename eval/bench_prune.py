@@ -84,7 +84,7 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     command = "python eval/bench_prune.py " + " ".join(sys.argv[1:])
     lines = [
-        f"# Pruning speed, memory and perplexity on SmolLM2-135M (CPU, float32)\n",
+        "# Pruning speed, memory and perplexity on SmolLM2-135M (CPU, float32)\n",
         f"Command: `{command}`  ",
         f"Calibration: {args.nsamples} x {args.seqlen} tokens of the bundled Wikipedia train split, seed 0; "
         f"perplexity on the Wikipedia test split, 512-token windows ({rows[0]['eval_windows']} windows).\n",
