@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import llmprune
-from llmprune.owl import measure_outlier_ratios, outlier_ratio, owl_sparsities
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_blocks, prunable_layers
+from llmprune.owl import measure_outlier_ratios, outlier_ratio, owl_sparsities
 from tests.conftest import random_calibration, tiny_model
 
 
