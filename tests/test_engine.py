@@ -7,7 +7,7 @@ import llmprune
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_blocks, prunable_layers, weight_matrix
 
-from conftest import FAMILIES, random_calibration, tiny_model
+from tests.conftest import FAMILIES, random_calibration, tiny_model
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
