@@ -77,9 +77,9 @@ def run_case(options: dict, workdir: Path) -> str:
 
 def prune_from_folder(source: str, output: Path, calibration, **options) -> None:
     """A streaming run (never the whole model in memory) into ``output``."""
-    from llmprune import streaming
+    import llmprune
 
-    streaming.prune_streaming(source, output, calibration_ids=calibration, progress=False, device="cpu", overwrite=True, **options)
+    llmprune.prune_folder(source, output, calibration_ids=calibration, progress=False, device="cpu", overwrite=True, **options)
 
 
 def compute_all() -> dict[str, str]:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from llmprune.config import PruneConfig
+from llmprune.options import RunOptions as PruneConfig
 from llmprune.errors import LLMPruneError
 
 PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith("imp-"))
