@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (keys are these option names); flags given here override it")
     groups: dict[str, argparse._ArgumentGroup] = {}
     defaults = option_defaults(RunOptions)
-    for f in fields(RunOptions):
+    for f in sorted(fields(RunOptions), key=lambda f: f.name != "model"):  # --model first
         if f.name in NOT_FLAGS:
             continue
         meta = f.metadata

@@ -35,6 +35,7 @@ from ..anatomy import find_blocks
 from ..errors import LLMPruneError
 from ..process import resolve_device, resolve_dtype, return_freed_memory
 from .loading import resolve_model_path
+from .sparse import PARTS, decompress, sparsity_config
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -70,6 +71,17 @@ class Checkpoint:
         else:
             raise LLMPruneError(f"{folder}: {unstreamable_reason(folder)}")
         self.file_of: dict[str, str] = weight_map
+        # A folder in llmprune's sparse layout holds M.compressed, M.bitmask, ... for a weight M.weight:
+        # the weight is listed under its own name and decompressed when read.
+        self.transposed = set((sparsity_config(folder) or {}).get("transposed") or ())
+        self.parts_of: dict[str, dict[str, str]] = {}
+        for key in weight_map:
+            stem, _, suffix = key.rpartition(".")
+            if suffix in PARTS:
+                self.parts_of.setdefault(f"{stem}.weight", {})[suffix] = key
+        self.parts_of = {name: parts for name, parts in self.parts_of.items() if {"compressed", "bitmask"} <= set(parts)}
+        for name, parts in self.parts_of.items():
+            self.file_of[name] = weight_map[parts["compressed"]]
 
     def size_bytes(self) -> int:
         return sum((self.folder / name).stat().st_size for name in set(self.file_of.values()))
@@ -81,12 +93,19 @@ class Checkpoint:
 
         by_file: dict[str, list[str]] = {}
         for key in keys:
-            by_file.setdefault(self.file_of[key], []).append(key)
+            for stored in self.parts_of[key].values() if key in self.parts_of else (key,):
+                by_file.setdefault(self.file_of[stored], []).append(stored)
         tensors = {}
         for name, file_keys in by_file.items():
             with safe_open(self.folder / name, framework="pt", device="cpu") as handle:
                 for key in file_keys:
                     tensors[key] = handle.get_tensor(key)
+        for key in keys:
+            if key in self.parts_of:
+                parts = {part: tensors.pop(stored) for part, stored in self.parts_of[key].items()}
+                dense = decompress(parts, key)
+                stem = key[: -len(".weight")]
+                tensors[key] = dense.t().contiguous() if stem in self.transposed else dense
         return tensors
 
 
@@ -174,11 +193,23 @@ def build_skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map="meta")
+        from transformers.utils import logging as hf_logging
+
+        config = AutoConfig.from_pretrained(folder)
+        sparse = sparsity_config(folder) is not None
+        if sparse and hasattr(config, "quantization_config"):
+            del config.quantization_config  # llmprune's sparse layout is undone tensor by tensor (Checkpoint.read)
+        verbosity = hf_logging.get_verbosity()
+        if sparse:  # its compressed parts would be listed as unexpected keys; no weight is read here anyway
+            hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, device_map="meta")
+        finally:
+            hf_logging.set_verbosity(verbosity)
         # The meta load leaves computed buffers (rotary frequencies, ...) on meta too; a model
         # built from the config on empty weights computes them for real, so take them from there.
         with init_empty_weights(include_buffers=False):
-            donor = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+            donor = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except Exception as exc:
         raise LLMPruneError(f"cannot build {folder} for streaming: {exc}".splitlines()[0]) from None
     donor_buffers = dict(donor.named_buffers())
