@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from llmprune.options import RunOptions as PruneConfig
+from llmprune.options import RunOptions
 from llmprune.errors import LLMPruneError
 
 PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith("imp-"))
@@ -11,7 +11,7 @@ PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glo
 
 @pytest.mark.parametrize("recipe", PRUNE_RECIPES, ids=lambda p: p.name)
 def test_prune_recipes_load(recipe):
-    config = PruneConfig.from_yaml(recipe)
+    config = RunOptions.from_yaml(recipe)
     assert config.method in ("magnitude", "wanda", "sparsegpt", "ria")
     assert (config.sparsity is None) != (config.pattern is None)
 
@@ -20,7 +20,7 @@ def test_unknown_recipe_key_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: wanda\nsparsityy: 0.5\n")
     with pytest.raises(LLMPruneError, match="unknown option.*sparsityy"):
-        PruneConfig.from_yaml(bad)
+        RunOptions.from_yaml(bad)
 
 
 # ---------------------------------------------------------------- one options object, three front doors
@@ -62,7 +62,7 @@ def test_a_recipe_of_the_defaults_is_the_defaults(tmp_path):
 
     recipe = tmp_path / "defaults.yaml"
     recipe.write_text("".join(f"{k}: {v if v is not None else 'null'}\n" for k, v in defaults(RunOptions).items() if k != "method_options"))
-    assert PruneConfig.from_yaml(recipe) == RunOptions()
+    assert RunOptions.from_yaml(recipe) == RunOptions()
 
 
 def test_a_flag_replaces_the_recipe_key_it_conflicts_with(capsys):

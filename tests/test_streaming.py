@@ -15,7 +15,7 @@ import llmprune
 from llmprune.api import run_prune
 from llmprune.engine import lifecycle
 from llmprune.io import streaming
-from llmprune.options import RunOptions as PruneConfig
+from llmprune.options import RunOptions
 from llmprune.errors import LLMPruneError
 from tests.conftest import random_calibration, tiny_model, tiny_tokenizer
 
@@ -177,14 +177,14 @@ def test_pickled_weights_and_gguf_are_refused(tmp_path):
 def test_stream_option_of_the_command(tmp_path, calibration_text):
     source = _model_folder(tmp_path, "llama")
     base = dict(model=str(source), method="wanda", sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16, progress=False, device="cpu")
-    report = run_prune(PruneConfig(**base, stream=True, output=str(tmp_path / "streamed")))
+    report = run_prune(RunOptions(**base, stream=True, output=str(tmp_path / "streamed")))
     assert "streaming" in report and (tmp_path / "streamed" / "model.safetensors").is_file()
-    run_prune(PruneConfig(**base, output=str(tmp_path / "memory")))
+    run_prune(RunOptions(**base, output=str(tmp_path / "memory")))
     assert _files(tmp_path / "streamed") == _files(tmp_path / "memory")
     with pytest.raises(LLMPruneError, match="--output"):
-        run_prune(PruneConfig(**base, stream=True))
+        run_prune(RunOptions(**base, stream=True))
     with pytest.raises(LLMPruneError, match="whole model in memory"):
-        run_prune(PruneConfig(**base, stream=True, eval_ppl=True, output=str(tmp_path / "x")))
+        run_prune(RunOptions(**base, stream=True, eval_ppl=True, output=str(tmp_path / "x")))
 
 
 def test_models_too_large_for_memory_are_streamed_automatically(tmp_path, monkeypatch, calibration_text):
@@ -197,6 +197,6 @@ def test_models_too_large_for_memory_are_streamed_automatically(tmp_path, monkey
     fake = psutil.virtual_memory()._replace(available=needed)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
     assert streaming.should_stream(str(source), None, "cpu")
-    report = run_prune(PruneConfig(model=str(source), sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16,
+    report = run_prune(RunOptions(model=str(source), sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16,
                                    progress=False, device="cpu", output=str(tmp_path / "auto")))
     assert "streaming" in report
