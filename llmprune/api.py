@@ -39,7 +39,7 @@ def _prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: 
     device = resolve_device(options.device)
     started = time.perf_counter()
     chunks, nsamples, seqlen = None, options.nsamples, options.seqlen
-    if method.needs_calibration or options.owl:
+    if options.needs_calibration():
         chunks, nsamples, seqlen = calibration_chunks(
             model, tokenizer, options.calibration, options.nsamples, options.seqlen, options.seed,
             options.batch_size, calibration_ids,
@@ -49,11 +49,12 @@ def _prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: 
     outcome = prune_model(
         Lifecycle(model, home, device, options.progress), method, target, chunks, options.selection(),
         allocation=OWL(options.owl_m, options.owl_lambda) if options.owl else None,
+        steps=options.after_prune_steps(),
     )
     model.train(was_training)
     if not outcome.layers:
         raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
-    calibrated = method.needs_calibration
+    calibrated = method.needs_calibration or options.reconstruct
     calibration = {
         "source": ("given token ids" if calibration_ids is not None else options.calibration) if calibrated else None,
         "nsamples": nsamples if calibrated else 0,

@@ -16,6 +16,7 @@ import yaml
 from .anatomy import LayerSelection
 from .errors import LLMPruneError
 from .methods import METHODS, SparsityTarget, get_method
+from .reconstruct import PARTS as RECONSTRUCT_PARTS, TARGETS as RECONSTRUCT_TARGETS, BlockReconstruction, check_reconstruct_options
 
 DEFAULT_SPARSITY = 0.5
 SAVE_FORMATS = ("dense", "sparse")
@@ -41,6 +42,13 @@ class PruneOptions:
     owl: bool = option(False, "OWL: per-block sparsities from outlier ratios, mean = --sparsity (unstructured only)", "what to prune")
     owl_m: float = option(5.0, "OWL: a score above M x the block's mean is an outlier", "what to prune")
     owl_lambda: float = option(0.08, "OWL: block sparsities stay within sparsity +- lambda", "what to prune")
+    reconstruct: bool = option(False, "block reconstruction: after pruning each block, train its surviving weights with Adam so its outputs match the dense block's (mask kept)", "reconstruction")
+    reconstruct_target: str = option("teacher", "what the pruned block should reproduce: teacher (the dense model's own activations) or local (the dense block on the pruned stream's inputs)", "reconstruction", choices=RECONSTRUCT_TARGETS)
+    reconstruct_parts: str = option("block", "train the whole block against its output, or separate: the attention and MLP parts one after the other, each against its own output", "reconstruction", choices=RECONSTRUCT_PARTS)
+    reconstruct_steps: int = option(32, "Adam steps per block (per part with separate), one micro-batch each", "reconstruction")
+    reconstruct_lr: float = option(1e-4, "Adam learning rate of block reconstruction", "reconstruction")
+    reconstruct_batch_size: int = option(4, "calibration windows per reconstruction step", "reconstruction")
+    reconstruct_norms: bool = option(False, "also train the block's normalisation weights", "reconstruction")
     calibration: str = option("wikipedia", "wikipedia (bundled train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
     nsamples: int = option(128, "calibration windows", "calibration")
     seqlen: int = option(2048, "tokens per calibration window (capped at the model's limit)", "calibration")
@@ -60,6 +68,17 @@ class PruneOptions:
     def pruning_method(self):
         return get_method(self.method, **self.method_options)
 
+    def after_prune_steps(self) -> list:
+        """The after-prune steps this job asks for (block reconstruction)."""
+        if not self.reconstruct:
+            return []
+        return [BlockReconstruction(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
+                                    self.reconstruct_lr, self.reconstruct_batch_size, self.reconstruct_norms,
+                                    progress=self.progress)]
+
+    def needs_calibration(self) -> bool:
+        return self.pruning_method().needs_calibration or self.owl or self.reconstruct
+
     def validate(self) -> None:
         """Every check that needs no model: bad values fail here, before anything is loaded."""
         from .owl import check_owl_options
@@ -70,6 +89,9 @@ class PruneOptions:
         for name in ("nsamples", "seqlen"):
             if int(getattr(self, name)) < 1:
                 raise LLMPruneError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.reconstruct:
+            check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
+                                      self.reconstruct_lr, self.reconstruct_batch_size)
         if self.batch_size is not None and self.batch_size < 1:
             raise LLMPruneError(f"--batch-size must be at least 1, got {self.batch_size}")
 

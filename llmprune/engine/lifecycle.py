@@ -79,6 +79,7 @@ class BlockStep:
     """An after-prune step (reconstruction, unit removal, ...). Override what you need."""
 
     name = "step"
+    needs_inputs = False  # True: the step needs the calibration inputs even when the method does not
 
     def before_prune(self, context: BlockContext) -> None:
         """The block is loaded and still as it came (e.g. record its dense outputs)."""
@@ -162,7 +163,7 @@ def prune_model(
             lifecycle, copy_inputs(inputs) if inputs else None, target, selection)
         if len(block_targets) != len(lifecycle.blocks):
             raise LLMPruneError(f"{len(block_targets)} block targets given for {len(lifecycle.blocks)} blocks")
-    block_inputs = inputs if method.needs_calibration else None
+    block_inputs = inputs if method.needs_calibration or any(step.needs_inputs for step in steps) else None
     layers: dict[str, float] = {}
     sizes: dict[str, int] = {}
 
@@ -172,7 +173,7 @@ def prune_model(
             step.before_prune(context)
         context.weights, outputs = prune_block(block, method, context.target, block_inputs, selection)
         changed = [step.after_prune(context) for step in steps]
-        if any(changed) and block_inputs:
+        if block_inputs and (any(changed) or outputs is None):  # None: the method pruned without inputs
             outputs = run_block(block, block_inputs)
         if outputs is not None:
             propagate(block_inputs, outputs)
