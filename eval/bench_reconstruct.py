@@ -158,7 +158,9 @@ def markdown(results: dict) -> str:
     for invocation in results["invocations"]:
         lines += [f"## {invocation['mode']}: `{invocation['command']}`", "",
                   f"{invocation['nsamples']} x {invocation['seqlen']} calibration tokens, {invocation['val_windows']} held-out "
-                  f"calibration windows (train split, seed 1), wall {invocation.get('wall_seconds', 0):.0f} s.", ""]
+                  f"calibration windows (train split, seed 1)"
+                  + (f", wall {invocation['wall_seconds']:.0f} s" if "wall_seconds" in invocation else "") + "."
+                  + (f" {invocation['note']}." if invocation.get("note") else ""), ""]
         if invocation["mode"] == "sweep":
             lines += ["| setting | held-out calibration error | block error before -> after (mean) | prune s |", "|---|---|---|---|"]
             for row in invocation.get("rows", []):

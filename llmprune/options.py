@@ -46,7 +46,7 @@ class PruneOptions:
     reconstruct_target: str = option("teacher", "what the pruned block should reproduce: teacher (the dense model's own activations) or local (the dense block on the pruned stream's inputs)", "reconstruction", choices=RECONSTRUCT_TARGETS)
     reconstruct_parts: str = option("block", "train the whole block against its output, or separate: the attention and MLP parts one after the other, each against its own output", "reconstruction", choices=RECONSTRUCT_PARTS)
     reconstruct_steps: int = option(32, "Adam steps per block (per part with separate), one micro-batch each", "reconstruction")
-    reconstruct_lr: float = option(1e-4, "Adam learning rate of block reconstruction", "reconstruction")
+    reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction", "reconstruction")
     reconstruct_batch_size: int = option(4, "calibration windows per reconstruction step", "reconstruction")
     reconstruct_norms: bool = option(False, "also train the block's normalisation weights", "reconstruction")
     calibration: str = option("wikipedia", "wikipedia (bundled train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")

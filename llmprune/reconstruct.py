@@ -215,7 +215,7 @@ class BlockReconstruction(BlockStep):
     name = "reconstruct"
     needs_inputs = True
 
-    def __init__(self, target: str = "teacher", parts: str = "block", steps: int = 32, lr: float = 1e-4,
+    def __init__(self, target: str = "teacher", parts: str = "block", steps: int = 32, lr: float = 1e-3,
                  batch_size: int = 4, norms: bool = False, progress: bool = True):
         check_reconstruct_options(target, parts, steps, lr, batch_size)
         self.target, self.parts, self.steps, self.lr = target, parts, int(steps), float(lr)
