@@ -215,8 +215,9 @@ class BlockReconstruction(BlockStep):
     name = "reconstruct"
     needs_inputs = True
 
-    def __init__(self, target: str = "teacher", parts: str = "block", steps: int = 32, lr: float = 1e-3,
-                 batch_size: int = 4, norms: bool = False, progress: bool = True):
+    # No defaults here: they live in options.PruneOptions (reconstruct_*), the one place for them.
+    def __init__(self, target: str, parts: str, steps: int, lr: float, batch_size: int, norms: bool,
+                 progress: bool = True):
         check_reconstruct_options(target, parts, steps, lr, batch_size)
         self.target, self.parts, self.steps, self.lr = target, parts, int(steps), float(lr)
         self.batch_size, self.norms, self.progress = int(batch_size), norms, progress

@@ -33,7 +33,8 @@ class MaskSpy(BlockStep):
 
 def _prune(model, method="sparsegpt", sparsity=0.6, pattern=None, windows=8, seqlen=32, **settings):
     spy = MaskSpy()
-    settings = {"steps": 12, "lr": 1e-3, "batch_size": 2, "progress": False, **settings}
+    settings = {"target": "teacher", "parts": "block", "steps": 12, "lr": 1e-3, "batch_size": 2, "norms": False,
+                "progress": False, **settings}
     recon = BlockReconstruction(**settings)
     chunks = list(torch.tensor_split(random_calibration(windows, seqlen), 1))
     target = SparsityTarget.parse(None if pattern else sparsity, pattern)
