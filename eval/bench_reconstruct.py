@@ -9,7 +9,7 @@ reconstruction setting, and scored by the *held-out calibration loss*: the squar
 block's output (after the final norm) to the dense model's, relative to the dense output's mean
 square, on ``--val-windows`` train-split windows drawn with another seed than the calibration's.
 
-``main`` prunes the whole model for each run (``method[+r]:sparsity-or-N:M``; ``+r`` adds
+``main`` prunes the whole model for each run (``method[+r]:sparsity-or-N-M``, ``dense:0``; ``+r`` adds
 reconstruction with the defaults, or with ``--recon`` settings) and measures perplexity on the
 first ``--eval-windows`` Wikipedia test windows (512 tokens), prune seconds and the peak memory
 of the run (VmHWM, reset before each run) from the report, plus the perplexity on the validation
@@ -123,8 +123,10 @@ def main_runs(args, calibration, validation, save) -> list[dict]:
         gc.collect()
         reset_peak_memory()
         options = {"reconstruct": True, **recon} if plus == "r" else {}
-        report = llmprune.prune(model, tokenizer, method=method, calibration_ids=calibration, device="cpu",
-                                progress=args.progress, **target, **options)
+        report = {"prune_seconds": 0.0, "peak_rss_mb": 0.0, "total_sparsity": 0.0}  # "dense:0" is not pruned
+        if method != "dense":
+            report = llmprune.prune(model, tokenizer, method=method, calibration_ids=calibration, device="cpu",
+                                    progress=args.progress, **target, **options)
         ppl = perplexity(model, tokenizer, max_windows=args.eval_windows, progress=False)
         val_nll, _ = perplexity_of_windows(model, validation, progress=False)
         entry = report.get("reconstruct")
