@@ -155,7 +155,8 @@ class LTHConfig(RecipeMixin):
                                          "(5000; mnist1d 500)")
     trials: int = option(1, "repeat everything with this many seeds; the report gives mean, min and max")
     controls: list = option([], "comma list of reinit, random-mask, one-shot; or all / none")
-    rewind: str = option("init", "init (the paper), or step:K: late rewinding to the weights after K iterations")
+    rewind: str | None = option(None, "init (the paper's presets), or step:K: late rewinding to the weights after K "
+                                "iterations (sum-of-two: step:1)")
     seed: int = option(0, "first seed")
     device: str = option("auto", "auto, cpu or cuda")
     progress: bool = option(True, "no progress bars", flag="--no-progress")
@@ -163,7 +164,8 @@ class LTHConfig(RecipeMixin):
 
     def __post_init__(self):
         self.controls = parse_name_list(self.controls, LTH_CONTROLS, "control(s)")
-        parse_rewind(self.rewind)
+        if self.rewind is not None:
+            parse_rewind(self.rewind)
         if self.rewind == "pretrained":
             raise LLMPruneError("lottery tickets from scratch rewind to init or step:K (pretrained is for BERT)")
         for name in ("rounds", "iterations", "batch_size", "eval_every", "trials", "validation_size"):
