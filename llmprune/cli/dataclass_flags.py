@@ -45,7 +45,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             continue
         parser.add_argument(_flag(f), dest=f.name, type=_value_type(f), default=None,
                             choices=f.metadata.get("choices"),
-                            help=f"{help_text} (default: {_shown(default)})".replace("%", "%%"))
+                            help=f"{help_text} (default: {f.metadata.get('shown', _shown(default))})".replace("%", "%%"))
 
 
 def options_from_args(cls, args: argparse.Namespace):

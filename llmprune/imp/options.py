@@ -88,14 +88,16 @@ class IMPConfig(RecipeMixin):
     model: str = option("minilm", "BERT-family encoder: a folder, a hub id, or the alias bert/minilm")
     task: str = option("rt-polarity", "cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte (GLUE, needs the network or a "
                        "cache), rt-polarity, wiki-topic (offline), or a .csv/.jsonl file with text and label columns")
-    output: str | None = option(None, "run folder: state, reports and the ticket (default imp-<task>)")
-    eval_file: str | None = option(None, "validation file for a .csv/.jsonl task (default: a fixed tenth of the task file)")
+    output: str | None = option(None, "run folder: state, reports and the ticket", shown="imp-<task>")
+    eval_file: str | None = option(None, "validation file for a .csv/.jsonl task",
+                                  shown="a fixed tenth of the task file")
     schedule: str = option("linear", "linear: --rate of the original weights more per round; geometric: --rate of "
                            "the remaining per round", choices=("linear", "geometric"))
-    rounds: int | None = option(None, "pruning rounds after the dense one (none: linear up to 90%, geometric 10)")
+    rounds: int | None = option(None, "pruning rounds after the dense one",
+                               shown="linear up to 90%, geometric 10")
     target_sparsity: float | None = option(None, "final sparsity; an error if --rounds cannot reach it")
-    rate: float | None = option(None, "fraction pruned per round (linear: of the original, default 0.1; geometric: "
-                                "of the remaining, default 0.2)")
+    rate: float | None = option(None, "fraction pruned per round (linear: of the original; geometric: of the "
+                                "remaining)", shown="linear 0.1, geometric 0.2")
     rewind: str = option("pretrained", "pretrained, or step:K: late rewinding to the weights after K fine-tuning steps")
     seeds: int = option(1, "repeat everything with this many seeds")
     seed: int = option(0, "first seed")
@@ -131,32 +133,34 @@ class IMPConfig(RecipeMixin):
 
 @dataclass
 class LTHConfig(RecipeMixin):
-    """The original lottery-ticket experiments (Frankle & Carbin 2019). ``None`` means: the preset's value."""
+    """The original lottery-ticket experiments (Frankle & Carbin 2019). ``None`` means: the preset's value
+    (``shown`` says which, in ``--help``)."""
 
     preset: str = option("lenet", "the paper's protocol: lenet, conv2, conv4, conv6, or the toy sum-of-two", choices=PRESETS)
     data: str | None = option(None, "fashion-mnist, mnist1d, mnist, cifar10 (these two need the network), or a folder "
-                              "of IDX files or a data.npz (default: fashion-mnist; cifar10 for conv presets)")
-    output: str | None = option(None, "run folder: state, reports, plots and the winning ticket (default lth-<preset>)")
-    hidden: str | None = option(None, "hidden widths of a fully connected net, e.g. 500,500 (lenet: 300,100)")
-    rounds: int | None = option(None, "pruning rounds after the dense one (lenet/conv: 15; sum-of-two: until 2 "
-                                "weights per layer remain)")
-    rate: float | None = option(None, "share of each fully connected layer's surviving weights pruned per round "
-                                "(lenet 0.2; sum-of-two 0.25)")
-    conv_rate: float | None = option(None, "the same for convolutions (conv2/conv4 0.1, conv6 0.15)")
-    output_rate: float | None = option(None, "the same for the output layer (default: half of --rate)")
+                              "of IDX files or a data.npz", shown="fashion-mnist; cifar10 for conv presets")
+    output: str | None = option(None, "run folder: state, reports, plots and the winning ticket",
+                                shown="lth-<preset>")
+    hidden: str | None = option(None, "hidden widths of a fully connected net, e.g. 500,500", shown="lenet 300,100")
+    rounds: int | None = option(None, "pruning rounds after the dense one",
+                                shown="15; sum-of-two: until 2 weights per layer remain")
+    rate: float | None = option(None, "share of each fully connected layer's surviving weights pruned per round",
+                                shown="0.2; sum-of-two 0.25")
+    conv_rate: float | None = option(None, "the same for convolutions", shown="conv2/conv4 0.1, conv6 0.15")
+    output_rate: float | None = option(None, "the same for the output layer", shown="half of --rate")
     pruning: str = option("layerwise", "layerwise (each layer by its own rate) or global (one threshold for all "
                           "layers, at --rate)", choices=("layerwise", "global"))
-    iterations: int | None = option(None, "training iterations per round (lenet 50000, conv2 20000, conv4 25000, "
-                                    "conv6 30000)")
-    lr: float | None = option(None, "Adam learning rate (lenet 1.2e-3, conv2 2e-4, conv4/conv6 3e-4)")
-    batch_size: int | None = option(None, "batch size (60 in every preset)")
+    iterations: int | None = option(None, "training iterations per round",
+                                    shown="lenet 50000, conv2 20000, conv4 25000, conv6 30000")
+    lr: float | None = option(None, "Adam learning rate", shown="lenet 1.2e-3, conv2 2e-4, conv4/conv6 3e-4")
+    batch_size: int | None = option(None, "batch size", shown="60")
     eval_every: int = option(100, "evaluate validation and test every this many iterations")
-    validation_size: int | None = option(None, "validation examples drawn from the training set with the seed "
-                                         "(5000; mnist1d 500)")
+    validation_size: int | None = option(None, "validation examples drawn from the training set with the seed",
+                                         shown="5000; mnist1d 500")
     trials: int = option(1, "repeat everything with this many seeds; the report gives mean, min and max")
     controls: list = option([], "comma list of reinit, random-mask, one-shot; or all / none")
-    rewind: str | None = option(None, "init (the paper's presets), or step:K: late rewinding to the weights after K "
-                                "iterations (sum-of-two: step:1)")
+    rewind: str | None = option(None, "init, or step:K: late rewinding to the weights after K iterations",
+                                shown="init; sum-of-two step:1")
     seed: int = option(0, "first seed")
     device: str = option("auto", "auto, cpu or cuda")
     progress: bool = option(True, "no progress bars", flag="--no-progress")
