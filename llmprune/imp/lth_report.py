@@ -183,7 +183,8 @@ def save_ticket(runner, domain, report: dict, folder: Path) -> Path | None:
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start = runner.rewind_state(seed, initial)
     masks = runner.ticket_masks(seed, round_index)
-    weights = {k: (v * masks[k].to(v.dtype) if k in masks else v).contiguous().cpu() for k, v in start.items()}
+    weights = {k: (v * masks[k].to(v.device, v.dtype) if k in masks else v).contiguous().cpu()
+               for k, v in start.items()}
     arm = report["rounds"][round_index]["arms"]["ticket"]
     info = {"kind": "lottery-ticket", "preset": report["preset"], "data": report["data"]["name"], "seed": seed,
             "round": round_index, "remaining": arm["remaining"], "rewind": report["protocol"]["rewind"],
