@@ -217,6 +217,7 @@ def test_cli_report_csv_plots_and_ticket(folder, tmp_path, capsys):
     assert "reinit" not in report["rounds"][0]["arms"]
     header = (out / "lth_report.csv").read_text().splitlines()[0]
     assert header.startswith("round,arm,remaining,early_stop_iteration_mean,early_stop_iteration_min")
+    assert (out / "lth_report.md").read_text().count("\n| ") == len(report["rounds"]) + 1
     for name in ("lth_test_accuracy.png", "lth_early_stop.png", "lth_curves.png"):
         assert (out / name).stat().st_size > 1000
 

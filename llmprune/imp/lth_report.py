@@ -1,4 +1,4 @@
-"""The lottery-ticket report of the from-scratch experiments: JSON, CSV, the paper's plots, the ticket.
+"""The lottery-ticket report of the from-scratch experiments: JSON, CSV, markdown, the paper's plots, the ticket.
 
 For every round and arm (``ticket`` or a control) over the trials: ``remaining`` (share of
 prunable weights left), ``early_stop_iteration`` (lowest validation loss), ``test_accuracy``
@@ -95,6 +95,34 @@ def csv_table(report: dict) -> tuple[list[str], list[list]]:
     return header, table
 
 
+def markdown(report: dict) -> str:
+    """The report as a table: per round, each arm's score at the early stop and early-stop iteration."""
+    key = report["score"]
+    scale, form = (100, ".2f") if key == "test_accuracy" else (1, ".3g")
+    arms = report["arms"]
+    lines = [f"# {report['preset']} on {report['data']['name']}: lottery tickets, {len(report['trials'])} trial(s)", "",
+             f"{key.replace('_', ' ')}{' (%)' if scale == 100 else ''} at the early stop, mean [min, max] over trials; "
+             "early-stop iteration (mean); final = at the last iteration.", "",
+             "| round | remaining | " + " | ".join(f"{a} | {a} final | {a} early stop" for a in arms) + " | matching |",
+             "|---" * (3 + 3 * len(arms)) + "|"]
+    for row in report["rounds"]:
+        cells = []
+        for arm in arms:
+            entry = row["arms"].get(arm)
+            if entry is None:
+                cells += ["-", "-", "-"]
+                continue
+            s, f = entry[key], entry[f"final_{key}"]
+            cells += [f"{scale * s['mean']:{form}} [{scale * s['min']:{form}}, {scale * s['max']:{form}}]",
+                      f"{scale * f['mean']:{form}}", f"{entry['early_stop_iteration']['mean']:.0f}"]
+        lines.append(f"| {row['round']} | {100 * row['remaining']:.1f}% | " + " | ".join(cells)
+                     + f" | {'yes' if row['matching'] else ''} |")
+    matching = report["matching"]
+    lines += ["", f"Tickets match the dense network (rule: {matching['rule']}) down to "
+              f"{100 * matching['down_to_remaining']:.1f}% of the weights (round {matching['down_to_round']})."]
+    return "\n".join(lines) + "\n"
+
+
 def _series(report: dict, key: str) -> list[dict]:
     series = []
     for arm in report["arms"]:
@@ -149,10 +177,11 @@ def write_report(report: dict, folder: Path, results: list[dict]) -> dict[str, P
     folder = Path(folder)
     key = report["score"]
     name = f"{report['preset']} on {report['data']['name']}"
-    paths = {"json": folder / "lth_report.json", "csv": folder / "lth_report.csv",
+    paths = {"json": folder / "lth_report.json", "csv": folder / "lth_report.csv", "md": folder / "lth_report.md",
              "accuracy_png": folder / f"lth_{key}.png", "early_stop_png": folder / "lth_early_stop.png",
              "curves_png": folder / "lth_curves.png"}
     write_csv(paths["csv"], *csv_table(report))
+    paths["md"].write_text(markdown(report), encoding="utf-8")
     dense = report["rounds"][0]["arms"]["ticket"][key]
     log_x = report["rounds"][-1]["remaining"] < 0.2
     plot_levels(paths["accuracy_png"], _series(report, key), "weights remaining (%)",

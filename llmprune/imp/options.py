@@ -158,7 +158,8 @@ class LTHConfig(RecipeMixin):
     validation_size: int | None = option(None, "validation examples drawn from the training set with the seed",
                                          shown="5000; mnist1d 500")
     trials: int = option(1, "repeat everything with this many seeds; the report gives mean, min and max")
-    controls: list = option([], "comma list of reinit, random-mask, one-shot; or all / none")
+    controls: list = option([], "comma list of reinit, random-mask, one-shot; or all / none (sum-of-two always runs "
+                            "reinit and a permuted ticket on its final ticket)")
     rewind: str | None = option(None, "init, or step:K: late rewinding to the weights after K iterations",
                                 shown="init; sum-of-two step:1")
     seed: int = option(0, "first seed")
