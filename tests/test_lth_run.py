@@ -262,3 +262,31 @@ def test_sum_of_two_finds_a_four_weight_ticket(tmp_path, capsys):
     assert "surviving weights (trial 0)" in printed and "permuted_ticket_ood_rmse" in printed
     with pytest.raises(LLMPruneError, match="makes its own data"):
         run_lth(LTHConfig(preset="sum-of-two", data="mnist1d", output=str(tmp_path / "x")))
+
+
+def test_conv_preset_prunes_each_kind_of_layer_at_its_rate(folder, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "conv", preset="conv2", hidden=None, rounds=1, lr=None,
+                                               iterations=20)))
+    masks = recorder.by_desc()["ticket r1"]["masks"]
+    names = list(masks)
+    assert len(names) == 5  # conv, conv, fc 256, fc 256, output
+    share = {n: float(masks[n].float().mean()) for n in names}
+    for n in names[:2]:
+        assert abs(share[n] - 0.9) < 0.01  # convolutions: 10% per round
+    for n in names[2:4]:
+        assert abs(share[n] - 0.8) < 0.01  # fully connected: 20%
+    assert abs(share[names[4]] - 0.9) < 0.01  # output: half of 20%
+    assert report["protocol"]["lr"] == 2e-4 and report["protocol"]["batch_size"] == 20
+
+
+def test_global_pruning_and_its_random_mask_control(folder, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "global", pruning="global",
+                                               controls="random-mask")))
+    assert [round(row["remaining"], 3) for row in report["rounds"]] == [1.0, 0.8, 0.64]
+    calls = recorder.by_desc()
+    ticket, random_mask = calls["ticket r2"]["masks"], calls["random-mask r2"]["masks"]
+    shares = [float(m.float().mean()) for m in ticket.values()]
+    assert max(shares) - min(shares) > 0.01  # one threshold: layers end up at different shares
+    assert all(int(random_mask[n].sum()) == int(ticket[n].sum()) for n in ticket)

@@ -175,7 +175,7 @@ class LTHConfig(RecipeMixin):
             raise LLMPruneError("lottery tickets from scratch rewind to init or step:K (pretrained is for BERT)")
         for name in ("rounds", "iterations", "batch_size", "eval_every", "trials", "validation_size"):
             value = getattr(self, name)
-            if value is not None and value < (0 if name == "validation_size" else 1):
+            if value is not None and value < 1:
                 raise LLMPruneError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
         for name in ("rate", "conv_rate", "output_rate"):
             value = getattr(self, name)
