@@ -217,7 +217,9 @@ def save_ticket(runner, domain, report: dict, folder: Path) -> Path | None:
     arm = report["rounds"][round_index]["arms"]["ticket"]
     info = {"kind": "lottery-ticket", "preset": report["preset"], "data": report["data"]["name"], "seed": seed,
             "round": round_index, "remaining": arm["remaining"], "rewind": report["protocol"]["rewind"],
-            report["score"]: arm[report["score"]], "dense": report["rounds"][0]["arms"]["ticket"][report["score"]],
+            report["score"]: arm[report["score"]]["per_trial"][0],
+            f"{report['score']}_over_trials": arm[report["score"]],
+            f"dense_{report['score']}_over_trials": report["rounds"][0]["arms"]["ticket"][report["score"]],
             "architecture": report["protocol"]["architecture"], "hidden": report["protocol"]["hidden"],
             "files": {"initial_weights.safetensors": "every parameter at its rewind value, pruned weights zero",
                       "mask.safetensors": "1 = kept, per prunable weight"}}

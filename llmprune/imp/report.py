@@ -69,6 +69,11 @@ def plot_levels(path: Path, series: list[dict], xlabel: str, ylabel: str, title:
                     ms=4, capsize=3, label=line["label"])
     if log_x:
         ax.set_xscale("log")
+        # percentages a reader can name, not powers of ten
+        low = min(min(line["x"]) for line in series)
+        ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= low * 0.8]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     if invert_x:
         ax.invert_xaxis()
     ax.set_xlabel(xlabel)
