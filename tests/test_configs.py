@@ -6,7 +6,7 @@ import pytest
 from llmprune.config import PruneConfig
 from llmprune.errors import LLMPruneError
 
-PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith("imp-"))
+PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith(("imp-", "lth-")))
 
 
 @pytest.mark.parametrize("recipe", PRUNE_RECIPES, ids=lambda p: p.name)
