@@ -1,11 +1,12 @@
-"""Streaming mode: prune a model larger than memory, one decoder block at a time, straight from disk.
+"""Streaming: a model larger than memory, one decoder block at a time, straight from disk and back.
 
-The model is never materialised whole. Its skeleton is built on the meta device (no weight
+``StreamedModel`` is the block home the engine's lifecycle uses in streaming mode. The model is never
+materialised whole. Its skeleton is built on the meta device (no weight
 memory); the tensors outside the blocks (embeddings, positions, final norm, lm_head) and block 0
 are read from the input safetensors through memory maps (``safe_open``, one shard file at a
 time, via the index), the calibration inputs of block 0 are captured, and those outside tensors
 are written to the output and dropped. Then each block is loaded, pruned and run by the same
-per-block function the in-memory mode uses (``engine.prune_block``), its tensors are written
+lifecycle the in-memory mode uses (``engine.prune_model``), its tensors are written
 into the output shards at their final offsets, and it is dropped again. Peak memory is about one
 block, plus the calibration activations, plus (briefly, at the start) the outside tensors.
 
@@ -23,20 +24,18 @@ import os
 import shutil
 import signal
 import struct
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .engine import capture_block_inputs, check_pattern_fits, copy_inputs, prune_block
-from .errors import LLMPruneError
-from .methods import SparsityTarget, get_method
-from .models import find_blocks, resolve_device, resolve_dtype, resolve_model_path
-from .owl import block_outlier_ratio, check_owl_options, owl_allocation
+from ..anatomy import find_blocks
+from ..errors import LLMPruneError
+from ..process import resolve_device, resolve_dtype, return_freed_memory
+from .loading import resolve_model_path
+from .sparse import PARTS, decompress, sparsity_config
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -72,6 +71,17 @@ class Checkpoint:
         else:
             raise LLMPruneError(f"{folder}: {unstreamable_reason(folder)}")
         self.file_of: dict[str, str] = weight_map
+        # A folder in llmprune's sparse layout holds M.compressed, M.bitmask, ... for a weight M.weight:
+        # the weight is listed under its own name and decompressed when read.
+        self.transposed = set((sparsity_config(folder) or {}).get("transposed") or ())
+        self.parts_of: dict[str, dict[str, str]] = {}
+        for key in weight_map:
+            stem, _, suffix = key.rpartition(".")
+            if suffix in PARTS:
+                self.parts_of.setdefault(f"{stem}.weight", {})[suffix] = key
+        self.parts_of = {name: parts for name, parts in self.parts_of.items() if {"compressed", "bitmask"} <= set(parts)}
+        for name, parts in self.parts_of.items():
+            self.file_of[name] = weight_map[parts["compressed"]]
 
     def size_bytes(self) -> int:
         return sum((self.folder / name).stat().st_size for name in set(self.file_of.values()))
@@ -83,12 +93,19 @@ class Checkpoint:
 
         by_file: dict[str, list[str]] = {}
         for key in keys:
-            by_file.setdefault(self.file_of[key], []).append(key)
+            for stored in self.parts_of[key].values() if key in self.parts_of else (key,):
+                by_file.setdefault(self.file_of[stored], []).append(stored)
         tensors = {}
         for name, file_keys in by_file.items():
             with safe_open(self.folder / name, framework="pt", device="cpu") as handle:
                 for key in file_keys:
                     tensors[key] = handle.get_tensor(key)
+        for key in keys:
+            if key in self.parts_of:
+                parts = {part: tensors.pop(stored) for part, stored in self.parts_of[key].items()}
+                dense = decompress(parts, key)
+                stem = key[: -len(".weight")]
+                tensors[key] = dense.t().contiguous() if stem in self.transposed else dense
         return tensors
 
 
@@ -176,11 +193,23 @@ def build_skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map="meta")
+        from transformers.utils import logging as hf_logging
+
+        config = AutoConfig.from_pretrained(folder)
+        sparse = sparsity_config(folder) is not None
+        if sparse and hasattr(config, "quantization_config"):
+            del config.quantization_config  # llmprune's sparse layout is undone tensor by tensor (Checkpoint.read)
+        verbosity = hf_logging.get_verbosity()
+        if sparse:  # its compressed parts would be listed as unexpected keys; no weight is read here anyway
+            hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, device_map="meta")
+        finally:
+            hf_logging.set_verbosity(verbosity)
         # The meta load leaves computed buffers (rotary frequencies, ...) on meta too; a model
         # built from the config on empty weights computes them for real, so take them from there.
         with init_empty_weights(include_buffers=False):
-            donor = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+            donor = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except Exception as exc:
         raise LLMPruneError(f"cannot build {folder} for streaming: {exc}".splitlines()[0]) from None
     donor_buffers = dict(donor.named_buffers())
@@ -439,130 +468,73 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the block home
 
-def prune_streaming(
-    spec: str,
-    output: str | Path,
-    method: str = "wanda",
-    sparsity: float | None = None,
-    pattern: str | None = None,
-    calibration: str = "wikipedia",
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    seed: int = 0,
-    targets: list[str] | None = None,
-    ignore: list[str] | None = None,
-    dtype: str | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    calibration_ids: torch.Tensor | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    owl: bool = False,
-    owl_m: float = 5.0,
-    owl_lambda: float = 0.08,
-    extra_report: dict | None = None,
-    **method_options,
-) -> dict:
-    """Prune the safetensors model ``spec`` block by block from disk into the folder ``output``.
+class StreamedModel:
+    """A safetensors model opened for streaming: the meta skeleton, where each tensor comes from and
+    where it goes. ``home(tmp)`` gives the engine a block home writing into the folder ``tmp``."""
 
-    Same options and same report as ``llmprune.prune`` plus saving; the folder equals the one
-    the in-memory mode saves, byte for byte. Returns the report (also written to the folder).
-    """
-    from transformers import AutoTokenizer
+    label = "(streaming)"
 
-    from . import api
-    from .io.writer import check_free_space, check_output_dir, write_folder_atomically, write_report
+    def __init__(self, spec: str, dtype: torch.dtype):
+        from transformers import AutoTokenizer
 
-    target = SparsityTarget.parse(sparsity, pattern)
-    check_owl_options(target, owl, owl_m, owl_lambda)
-    pruning_method = get_method(method, **method_options)
-    destination = check_output_dir(output, overwrite)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    folder = streamable_folder(spec)
-    checkpoint = Checkpoint(folder)
-    remove_stale_outputs(destination.absolute())
+        self.folder = streamable_folder(spec)
+        self.checkpoint = Checkpoint(self.folder)
+        self.model = build_skeleton(self.folder, dtype)
+        self.places = TensorPlaces(self.model, self.checkpoint)
+        self.plan = OutputPlan(self.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        path, blocks = find_blocks(self.model)
+        self.block_names = [[f"{path}.{i}.{name}" for name in block.state_dict()] for i, block in enumerate(blocks)]
+        in_blocks = {name for names in self.block_names for name in names}
+        outside = [name for name in self.places.names if name not in in_blocks]
+        self.head = output_head_names(self.model, self.places, outside)
+        self.early = [name for name in outside if name not in self.head]  # nothing before the blocks uses the head
+        self.writer: ShardWriter | None = None
 
-    started = time.perf_counter()
-    model = build_skeleton(folder, torch_dtype)
-    places = TensorPlaces(model, checkpoint)
-    plan = OutputPlan(model)
-    weight_bytes = sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() for dt, shape in plan.specs.values())
-    check_free_space(destination.absolute().parent, int(weight_bytes * 1.02) + 2**20)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    path, blocks = find_blocks(model)
-    check_pattern_fits(model, target, targets, ignore)
+    def output_bytes(self) -> int:
+        return sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() for dt, shape in self.plan.specs.values())
 
-    block_names = [[f"{path}.{i}.{name}" for name in block.state_dict()] for i, block in enumerate(blocks)]
-    in_blocks = {name for names in block_names for name in names}
-    outside = [name for name in places.names if name not in in_blocks]
-    head = output_head_names(model, places, outside)
-
-    source = "given token ids" if calibration_ids is not None else calibration
-    needs_data = pruning_method.needs_calibration or owl
-    chunks, nsamples, seqlen = api.calibration_chunks(
-        model, tokenizer, needs_data, calibration, nsamples, seqlen, seed, batch_size, calibration_ids,
-    )
-
-    def fill(tmp: Path) -> None:
+    def open(self, tmp: Path) -> "StreamedModel":
         (tmp / OWNER_FILE).write_text(str(os.getpid()))
-        writer = plan.open(tmp)
-        # 1. What lies outside the blocks, without the output head (nothing before the blocks uses it).
-        early = [name for name in outside if name not in head]
-        places.load(checkpoint, early)
-        inputs = capture_block_inputs(model, chunks, device) if needs_data else None
-        plan.write_tensors(writer, model, early)
-        places.release(early)
-        places.load(checkpoint, head)
-        plan.write_tensors(writer, model, head)
-        places.release(head)
-        # 2. OWL needs the dense model's outlier ratio of every block first: one extra read sweep.
-        block_targets, owl_entry = None, None
-        if owl:
-            dense_inputs = copy_inputs(inputs)
-            ratios = []
-            for index, block in enumerate(tqdm(blocks, desc="OWL outlier ratios", unit="block", disable=not progress)):
-                places.load(checkpoint, block_names[index])
-                ratios.append(block_outlier_ratio(block, dense_inputs, owl_m, device, targets, ignore))
-                places.release(block_names[index])
-            del dense_inputs
-            owl_entry, block_targets = owl_allocation(model, ratios, target, owl_m, owl_lambda, targets, ignore)
-        # 3. Each block: load, prune (statistics, masks, outputs for the next block), write, drop.
-        layers: dict[str, float] = {}
-        block_inputs = inputs if pruning_method.needs_calibration else None
-        bar = tqdm(blocks, desc=f"{pruning_method.name} {target.describe()} (streaming)", unit="block", disable=not progress)
-        for index, block in enumerate(bar):
-            places.load(checkpoint, block_names[index])
-            block_target = target if block_targets is None else block_targets[index]
-            result = prune_block(block, pruning_method, block_target, block_inputs, device, targets, ignore)
-            layers.update({f"{path}.{index}.{name}": value for name, value in result.items()})
-            plan.write_tensors(writer, model, block_names[index])
-            places.release(block_names[index])
-            # The pruning temporaries of this block sit freed in the C heap, where the next block's
-            # weights (memory-mapped reads) cannot reuse them; without this they add to its peak.
-            api.return_freed_memory()
-        writer.finish()
-        plan.write_index(tmp)
-        write_model_files(model, tmp)
-        tokenizer.save_pretrained(tmp)
-        if not layers:
-            raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
-        report = api.prune_report(
-            model, pruning_method, target, layers, source, nsamples, seqlen, seed, chunks, targets, ignore, started,
-        )
-        report["model"] = spec
-        report["streaming"] = {"input_bytes": checkpoint.size_bytes(), "output_bytes": weight_bytes}
-        if owl_entry is not None:
-            report["owl"] = owl_entry
-        report.update(extra_report or {})
-        report["output"] = str(destination)
-        write_report(tmp, report)
-        (tmp / OWNER_FILE).unlink()
-        reports.append(report)
+        self.writer = self.plan.open(tmp)
+        return self
 
-    reports: list[dict] = []
+    # The BlockHome interface (see llmprune.engine.lifecycle).
+    def load_outside(self) -> None:
+        self.places.load(self.checkpoint, self.early)
+
+    def release_outside(self) -> None:
+        self.plan.write_tensors(self.writer, self.model, self.early)
+        self.places.release(self.early)
+        self.places.load(self.checkpoint, self.head)
+        self.plan.write_tensors(self.writer, self.model, self.head)
+        self.places.release(self.head)
+
+    def load_block(self, index: int) -> None:
+        self.places.load(self.checkpoint, self.block_names[index])
+
+    def release_block(self, index: int, write: bool) -> None:
+        if write:
+            self.plan.write_tensors(self.writer, self.model, self.block_names[index])
+        self.places.release(self.block_names[index])
+        # The block's temporaries sit freed in the C heap, where the next block's weights
+        # (memory-mapped reads) cannot reuse them; without this they add to its peak.
+        return_freed_memory()
+
+    def finish(self, tmp: Path) -> None:
+        """Everything but the report: index, config, generation config, tokenizer."""
+        self.writer.finish()
+        self.plan.write_index(tmp)
+        write_model_files(self.model, tmp)
+        self.tokenizer.save_pretrained(tmp)
+        (tmp / OWNER_FILE).unlink()
+
+
+@contextmanager
+def streaming_output(destination: Path, overwrite: bool) -> Iterator[None]:
+    """Around a streaming run into ``destination``: leftovers of killed runs removed, SIGTERM unwinds."""
+    remove_stale_outputs(destination.absolute())
     with _terminate_as_interrupt():
-        write_folder_atomically(destination, fill, overwrite=overwrite)
-    return reports[0]
+        yield
