@@ -1,8 +1,9 @@
-"""Flags derived one-to-one from an options dataclass, and a recipe between them and the defaults.
+"""Flags derived one-to-one from an options dataclass (``llmprune.options.option`` fields).
 
-Every flag's default is shown in ``--help`` but kept out of argparse (which defaults to
-None), so the order of precedence is: the dataclass default, then the ``--config`` recipe,
-then the flags actually typed.
+Each field gives its flag's name (or ``flag`` metadata), type, help, choices, metavar, group and
+the default ``--help`` shows (``shown`` metadata, else the dataclass default). Every flag parses to
+None when not typed, so the order of precedence is: the dataclass default, then the ``--config``
+recipe, then the flags actually typed (``options_from_args``).
 """
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from dataclasses import MISSING, fields
 
 
 def _flag(f) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def _default(f):
     return f.default_factory() if f.default is MISSING else f.default
 
 
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _value_type(f):
     kind = str(f.type)
+    if kind.startswith("list"):
+        return _comma_list
     if "float" in kind:
         return float
     if "int" in kind:
@@ -33,25 +40,33 @@ def _shown(value) -> str:
     return "none" if value is None else str(value)
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    parser.add_argument("--config", help="YAML recipe whose keys are these option names (e.g. batch-size: 60); "
-                                         "flags override it")
-    for f in fields(cls):
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, first: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """``--config`` and one flag per field of ``cls`` (``first`` ones first, ``skip`` ones not at all)."""
+    parser.add_argument("--config", help="YAML recipe whose keys are these option names; flags typed here override it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in sorted(fields(cls), key=lambda f: f.name not in first):
+        if f.name in skip:
+            continue
+        group_name = f.metadata.get("group")
+        target = parser if group_name is None else (groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name)))
         default, help_text = _default(f), f.metadata.get("help", "")
         if isinstance(default, bool):
-            # a flag that flips the default: --overwrite sets True, --no-progress sets progress False
-            parser.add_argument(_flag(f), dest=f.name, action="store_const", const=not default, default=None,
+            # a switch that flips the default: --overwrite sets True, --no-progress sets progress False
+            target.add_argument(_flag(f), dest=f.name, action="store_const", const=not default, default=None,
                                 help=help_text.replace("%", "%%"))
             continue
-        parser.add_argument(_flag(f), dest=f.name, type=_value_type(f), default=None,
-                            choices=f.metadata.get("choices"),
-                            help=f"{help_text} (default: {f.metadata.get('shown', _shown(default))})".replace("%", "%%"))
+        extra = {key: f.metadata[key] for key in ("choices", "metavar") if f.metadata.get(key) is not None}
+        target.add_argument(_flag(f), dest=f.name, type=_value_type(f), default=None,
+                            help=f"{help_text} (default: {f.metadata.get('shown', _shown(default))})".replace("%", "%%"),
+                            **extra)
 
 
 def options_from_args(cls, args: argparse.Namespace):
-    """The options object: dataclass defaults < the ``--config`` recipe < typed flags; validated once."""
-    from ..imp.options import load_recipe
+    """The options object: dataclass defaults < the ``--config`` recipe < typed flags (a typed flag also
+    replaces the recipe keys it conflicts with, e.g. --pattern a recipe's sparsity)."""
+    from ..options import from_recipe
 
-    values = load_recipe(cls, args.config) if getattr(args, "config", None) else {}
-    values.update({f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
-    return cls(**values)
+    typed = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    if getattr(args, "config", None):
+        return from_recipe(cls, args.config, **typed)
+    return cls(**typed)

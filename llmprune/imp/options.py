@@ -7,21 +7,15 @@ metadata is the flag's help text; ``flag`` renames a flag (``progress`` -> ``--n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LLMPruneError
+from ..options import from_recipe, option
 
 BERT_BASELINES = ("random-prune", "random-reinit", "one-shot")
 LTH_CONTROLS = ("reinit", "random-mask", "one-shot")
 PRESETS = ("lenet", "conv2", "conv4", "conv6", "sum-of-two")
-
-
-def option(default, help: str, **metadata):
-    """A dataclass field with its CLI help text next to its default."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 def parse_name_list(value, allowed: tuple, what: str) -> list[str]:
@@ -47,38 +41,11 @@ def parse_rewind(spec: str) -> int:
     raise LLMPruneError(f"unknown --rewind '{spec}' (use init, pretrained or step:K with K a positive step count)")
 
 
-def load_recipe(cls, path: str | Path) -> dict:
-    """The option: value pairs of a YAML recipe, keys as field names, unknown keys refused."""
-    import yaml
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise LLMPruneError(f"config file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise LLMPruneError(f"cannot parse {file}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LLMPruneError(f"{file} must hold option: value pairs")
-    by_flag = {f.metadata.get("flag", f.name).lstrip("-").replace("-", "_"): f.name for f in fields(cls)}
-    options = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name in by_flag and by_flag[name] != name:  # e.g. no-progress: true -> progress: false
-            options[by_flag[name]] = not value
-        else:
-            options[name] = value
-    unknown = sorted(set(options) - {f.name for f in fields(cls)})
-    if unknown:
-        raise LLMPruneError(f"{file}: unknown option(s) {', '.join(unknown)}")
-    return options
-
-
 class RecipeMixin:
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides):
         """A recipe's values, then ``overrides`` on top (what flags do on the command line)."""
-        return cls(**{**load_recipe(cls, path), **overrides})
+        return from_recipe(cls, path, **overrides)
 
 
 @dataclass
