@@ -1,15 +1,16 @@
 """Pruning one weight matrix, and one block: statistics, masks (and new values), outputs for the next block."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..anatomy import LayerSelection, PrunableWeight, prunable_weights
+from ..anatomy import LayerSelection, PrunableWeight, expert_layout, prunable_weights
 from ..errors import LLMPruneError
 from ..methods import PruningMethod, SparsityTarget
 from .capture import BlockInputs, run_block
+from .experts import MAGNITUDE, ROUTED, ExpertPolicy, RoutedExperts, run_until_experts
 from .statistics import BlockStatistics
 
 # A row-separable method (see PruningMethod.row_separable) is given a slice of rows at a time:
@@ -49,6 +50,56 @@ def check_pattern_fits(blocks: nn.ModuleList, path: str, target: SparsityTarget,
                 )
 
 
+class _BlockGathering:
+    """Every statistics hook of one block: per distinct input for its layers, per expert for its fused
+    experts; ``prune`` (the fused single pass) acts on each weight the moment its input is complete."""
+
+    def __init__(self, block: nn.Module, provider, weights: dict[str, PrunableWeight], policy: ExpertPolicy,
+                 prune: Callable[[str, Any], None] | None = None):
+        self.weights, self.policy = weights, policy
+        layers = {name: weight for name, weight in weights.items() if not weight.fused}
+        on_sight = None if prune is None else (lambda name: prune(name, self.layer_statistics(name)))
+        self.layers = BlockStatistics(provider, layers, on_sight=on_sight)
+        by_module: dict[int, dict[str, PrunableWeight]] = {}
+        for name, weight in weights.items():
+            if weight.fused:
+                by_module.setdefault(id(weight.module), {})[name] = weight
+        module_names = {id(module): name for name, module in block.named_modules()}
+        self.experts: list[RoutedExperts] = []
+        for group in by_module.values():
+            module = next(iter(group.values())).module
+            layout = expert_layout(module)
+            self.experts.append(RoutedExperts(module_names[id(module)], module, layout, group, provider, policy, prune))
+
+    def layer_statistics(self, name: str) -> Any:
+        """A layer's statistics; a member of a per-expert list with too few tokens gets none (magnitude)."""
+        stats = self.layers.take(name)
+        weight = self.weights[name]
+        if weight.expert is not None and self.policy.source(self.layers.tokens.get(name, 0)) != ROUTED:
+            return None
+        return stats
+
+    def remove(self) -> None:
+        self.layers.remove()
+        for experts in self.experts:
+            experts.remove()
+
+    def routing(self) -> dict[str, dict]:
+        """Tokens per expert and which fell back, per experts module (fused) or per-expert list."""
+        entry = {experts.name: experts.summary() for experts in self.experts}
+        lists: dict[str, dict[int, int]] = {}
+        for name, weight in self.weights.items():
+            if weight.expert is not None and not weight.fused:
+                prefix = name[: name.index(f".{weight.expert}.")] if f".{weight.expert}." in name else name
+                seen = lists.setdefault(prefix, {})
+                seen[weight.expert] = max(seen.get(weight.expert, 0), self.layers.tokens.get(name, 0))
+        for prefix, seen in lists.items():
+            tokens = [seen.get(e, 0) for e in range(max(seen) + 1)]
+            fell_back = {str(e): MAGNITUDE for e, t in enumerate(tokens) if self.policy.source(t) != ROUTED}
+            entry[prefix] = {"experts": len(tokens), "tokens": tokens, "fell_back": fell_back}
+        return entry
+
+
 @torch.no_grad()
 def prune_block(
     block: nn.Module,
@@ -56,14 +107,17 @@ def prune_block(
     target: SparsityTarget,
     inputs: list[BlockInputs] | None,
     selection: LayerSelection = LayerSelection(),
+    experts: ExpertPolicy = ExpertPolicy(),
+    routing: dict | None = None,
 ) -> tuple[dict[str, PrunableWeight], list[torch.Tensor] | None]:
     """Prune one block's selected weights in place; returns them and the block's pruned outputs.
 
     With ``inputs`` (the block's calibration inputs) the statistics come from them; one input
     chunk means the fused single pass (each layer pruned inside the forward the moment its whole
-    input is seen, so the same pass yields the pruned outputs); several chunks mean a statistics
-    pass, pruning, and an output pass. Without inputs the method prunes from the weights alone
-    and there are no outputs.
+    input is seen, each routed expert inside its experts module's call, so the same pass yields the
+    pruned outputs); several chunks mean a statistics pass, pruning, and an output pass. Without
+    inputs the method prunes from the weights alone and there are no outputs. ``routing``, when
+    given, receives each experts module's tokens per expert and fallbacks.
     """
     weights = prunable_weights(block, selection)
     if not (method.needs_calibration and inputs):
@@ -71,18 +125,34 @@ def prune_block(
             prune_weight(weight, method, None, target)
         return weights, None
 
-    def prune(name: str) -> None:
-        prune_weight(weights[name], method, gathered.take(name), target)
+    done: set[str] = set()
+
+    def prune(name: str, stats: Any) -> None:
+        prune_weight(weights[name], method, stats, target)
+        done.add(name)
 
     single_pass = len(inputs) == 1
-    gathered = BlockStatistics(method, weights, on_sight=prune if single_pass else None)
+    gathered = _BlockGathering(block, method, weights, experts, prune if single_pass else None)
     try:
-        outputs = run_block(block, inputs, gathered.end_call)
-        for name in weights:  # layers the forward never reached (e.g. unrouted experts), or all of them
-            if name not in gathered.done:
-                prune(name)
+        outputs = run_block(block, inputs, gathered.layers.end_call)
+        gathered.remove()
+        if not single_pass:
+            for routed in gathered.experts:
+                routed.resolve(lambda: run_until_experts(block, inputs))
+                for expert in range(routed.count):  # one expert's statistics at a time, released once pruned
+                    stats_in, stats_out = routed.take(expert)
+                    for name in routed.inputs[expert]:
+                        prune(name, stats_in)
+                    if routed.outputs[expert] is not None:
+                        prune(routed.outputs[expert], stats_out)
+                    del stats_in, stats_out
+        for name in weights:  # layers the forward never reached (e.g. unrouted list experts), or all of them
+            if name not in done:
+                prune(name, gathered.layer_statistics(name) if not weights[name].fused else None)
     finally:
         gathered.remove()
+    if routing is not None:
+        routing.update(gathered.routing())
     if not single_pass:
         outputs = run_block(block, inputs)
     return weights, outputs
@@ -94,13 +164,24 @@ def gather_block_statistics(
     provider,
     inputs: list[BlockInputs],
     selection: LayerSelection = LayerSelection(),
+    experts: ExpertPolicy = ExpertPolicy(),
 ) -> tuple[dict[str, tuple[PrunableWeight, Any]], list[torch.Tensor]]:
     """Run one block as it is on ``inputs``, folding each selected weight's inputs into ``provider``'s
-    statistics; returns name -> (weight, statistics or None) and the block's outputs."""
+    statistics (routed experts from their own tokens); returns name -> (weight, statistics or None)
+    and the block's outputs."""
     weights = prunable_weights(block, selection)
-    recorder = BlockStatistics(provider, weights)
+    gathered = _BlockGathering(block, provider, weights, experts)
     try:
-        outputs = run_block(block, inputs, recorder.end_call)
+        outputs = run_block(block, inputs, gathered.layers.end_call)
+        gathered.remove()
+        stats = {name: (weight, gathered.layer_statistics(name)) for name, weight in weights.items() if not weight.fused}
+        for routed in gathered.experts:
+            routed.resolve(lambda: run_until_experts(block, inputs))
+            for expert in range(routed.count):
+                stats_in, stats_out = routed.take(expert)
+                stats.update({name: (weights[name], stats_in) for name in routed.inputs[expert]})
+                if routed.outputs[expert] is not None:
+                    stats[routed.outputs[expert]] = (weights[routed.outputs[expert]], stats_out)
     finally:
-        recorder.remove()
-    return {name: (weight, recorder.stats.get(name)) for name, weight in weights.items()}, outputs
+        gathered.remove()
+    return {name: stats.get(name, (weight, None)) for name, weight in weights.items()}, outputs

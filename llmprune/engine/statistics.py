@@ -20,6 +20,7 @@ class BlockStatistics:
         # a pruning method, or a structured score.
         self.provider, self.weights, self.on_sight = provider, weights, on_sight
         self.stats: dict[str, Any] = {}
+        self.tokens: dict[str, int] = {}  # input rows each layer saw (what a per-expert list reports)
         self.done: set[str] = set()
         # A tensor is recognised by its address while it is alive; only a weak reference is kept, so
         # each input is freed as soon as the block's own code drops it (holding them for the whole
@@ -32,6 +33,7 @@ class BlockStatistics:
             if name in self.done:
                 return
             inputs = args[0]
+            self.tokens[name] = self.tokens.get(name, 0) + inputs.numel() // max(inputs.shape[-1], 1)
             key = (inputs.data_ptr(), tuple(inputs.shape))
             seen = self._seen_this_call.get(key)
             if seen is None or seen[0]() is None:  # a new tensor (perhaps at a freed one's address)

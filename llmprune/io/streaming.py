@@ -236,6 +236,42 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[attribute] = value
 
 
+def saved_views(model: nn.Module, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensors ``save_pretrained`` writes for the model's tensor ``name``: transformers' own
+    conversion on save (e.g. fused MoE experts back to one 2-D weight per expert), applied to it alone.
+    ``assembled`` is the way back."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    return revert_weight_conversion(model, {name: tensor})
+
+
+def assembled(model: nn.Module, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's tensors made from these checkpoint tensors by transformers' own conversion on load
+    (e.g. one 2-D weight per expert stacked into the fused 3-D experts parameter); the inverse of
+    ``saved_views``, for the tensors of one block at a time."""
+    from copy import deepcopy
+
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+
+    conversions = getattr(model, "_weight_conversions", None) or get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    by_pattern = {pattern: converter for converter in converters for pattern in converter.source_patterns}
+    pending: dict[str, WeightConverter] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in sorted(parts.items(), key=lambda item: dot_natural_key(item[0])):  # experts 0, 1, ..., 10 in order
+        renamed, pattern = rename_source_key(key, renamings, converters)
+        if pattern is None:
+            out[renamed] = tensor
+            continue
+        pending.setdefault(renamed, deepcopy(by_pattern[pattern])).add_tensor(renamed, key, pattern, tensor)
+    for target, converter in pending.items():
+        for name, value in converter.convert(target, model=model, config=model.config).items():
+            out[name] = value[0] if isinstance(value, list) else value
+    return out
+
+
 class TensorPlaces:
     """Every state-dict name of the model, the places (module, attribute) that share its tensor,
     and the checkpoint key it is read from."""
@@ -250,13 +286,20 @@ class TensorPlaces:
         self.aliases = {name: group for group in groups.values() for name in group}  # tied weights
         prefix = getattr(model, "base_model_prefix", "") or ""
         self.source: dict[str, str] = {}
+        # Tensors stored converted (transformers fuses per-expert checkpoint weights on load):
+        # name -> the checkpoint tensors it is assembled from, in place, on load.
+        self.converted: dict[str, list[str]] = {}
         for name in self.names:
             for candidate in self.aliases[name] + [n.removeprefix(prefix + ".") for n in self.aliases[name]]:
                 if candidate in checkpoint.file_of:
                     self.source[name] = candidate
                     break
             else:
-                if not _is_non_persistent(model, name):
+                parts = list(saved_views(model, name, state[name])) if not _is_non_persistent(model, name) else []
+                if parts and all(part in checkpoint.file_of for part in parts) and parts != [name]:
+                    self.source[name] = name
+                    self.converted[name] = parts
+                elif not _is_non_persistent(model, name):
                     raise LLMPruneError(
                         f"cannot stream this checkpoint: no tensor for '{name}' in it (its tensors need a "
                         "conversion on load that streaming does not do); run without --stream"
@@ -265,13 +308,20 @@ class TensorPlaces:
     def load(self, checkpoint: Checkpoint, names: list[str]) -> None:
         """Read ``names`` from the checkpoint and put them in place, cast to the skeleton's dtypes."""
         wanted = [n for n in names if n in self.source]
-        tensors = checkpoint.read(sorted({self.source[n] for n in wanted}))
+        tensors = checkpoint.read(sorted({key for n in wanted for key in self.converted.get(n, [self.source[n]])}))
         done: set[str] = set()
         for name in wanted:
             if name in done:
                 continue
             current = self.model.get_parameter(name) if _is_parameter(self.model, name) else self.model.get_buffer(name)
-            value = tensors[self.source[name]]
+            if name in self.converted:
+                made = assembled(self.model, {part: tensors.pop(part) for part in self.converted[name]})
+                if name not in made:
+                    raise LLMPruneError(f"cannot stream this checkpoint: its tensors {self.converted[name][0]}, ... do not "
+                                        f"assemble into {name}; run without --stream")
+                value = made[name]
+            else:
+                value = tensors[self.source[name]]
             if value.is_floating_point() and value.dtype != current.dtype:
                 value = value.to(current.dtype)
             if tuple(value.shape) != tuple(current.shape):
@@ -379,13 +429,20 @@ class OutputPlan:
         ids = {id(tensor): name for name, tensor in kept.items()}
         saved = revert_weight_conversion(model, kept)
         self.model_name: dict[str, str] = {}  # saved name -> the model's state-dict name
+        self.converted: set[str] = set()  # model names saved as several rearranged tensors (MoE experts)
         for name, tensor in saved.items():
-            if id(tensor) not in ids:
-                raise LLMPruneError(
-                    f"cannot stream {type(model).__name__}: its saved tensors are converted from the loaded ones "
-                    f"(e.g. {name}); run without --stream"
-                )
-            self.model_name[name] = ids[id(tensor)]
+            if id(tensor) in ids:
+                self.model_name[name] = ids[id(tensor)]
+        for model_name in set(kept) - set(self.model_name.values()):
+            for name in saved_views(model, model_name, kept[model_name]):
+                self.model_name[name] = model_name
+            self.converted.add(model_name)
+        unknown = sorted(set(saved) - set(self.model_name))
+        if unknown:
+            raise LLMPruneError(
+                f"cannot stream {type(model).__name__}: its saved tensors are converted from the loaded ones "
+                f"(e.g. {unknown[0]}); run without --stream"
+            )
         self.specs = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in saved.items()}
         # save_pretrained's own defaults: the pattern, the 50GB shard size, the index layout.
         split = split_torch_state_dict_into_shards(saved, filename_pattern="model{suffix}.safetensors", max_shard_size=MAX_SHARD_SIZE)
@@ -411,6 +468,10 @@ class OutputPlan:
     def write_tensors(self, writer: ShardWriter, model: nn.Module, names: list[str]) -> None:
         state = model.state_dict(keep_vars=True)
         for name in names:
+            if name in self.converted:
+                for saved_name, view in saved_views(model, name, state[name].detach()).items():
+                    writer.write(saved_name, view)
+                continue
             for saved_name in self.saved_names_of.get(name, []):
                 writer.write(saved_name, state[name])
 
