@@ -95,6 +95,9 @@ EXPERT_LAYOUTS = {
 # the sparse writer, which see only tensors (the other families save (experts, outputs, inputs) or,
 # through transformers' conversion on save, one 2-D weight per expert).
 TRANSPOSED_EXPERT_FAMILIES = ("gpt_oss",)
+# How a router's saved weight is named (inspect sees tensors only): in a folder that holds experts,
+# these 2-D weights route tokens and are left dense by rule.
+ROUTER_TENSOR = re.compile(r"\.(gate|router|shared_expert_gate)\.weight$")
 # Names the parts of one expert get (the same names the older per-expert nn.Linear lists use, so
 # --targets/--ignore globs such as 'mlp.experts.*.down_proj' mean the same in both layouts).
 GATE, UP, DOWN = "gate_proj", "up_proj", "down_proj"

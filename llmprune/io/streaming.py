@@ -34,8 +34,9 @@ from torch import nn
 from ..anatomy import find_blocks
 from ..errors import LLMPruneError
 from ..process import resolve_device, resolve_dtype, return_freed_memory
+from .conversion import assembled, saved_tensors
 from .loading import resolve_model_path
-from .sparse import PARTS, decompress, sparsity_config
+from .sparse import PARTS, decompress, dense_name, restored, sparsity_config
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -73,12 +74,14 @@ class Checkpoint:
         self.file_of: dict[str, str] = weight_map
         # A folder in llmprune's sparse layout holds M.compressed, M.bitmask, ... for a weight M.weight:
         # the weight is listed under its own name and decompressed when read.
-        self.transposed = set((sparsity_config(folder) or {}).get("transposed") or ())
+        config = sparsity_config(folder) or {}
+        self.transposed = set(config.get("transposed") or ())
+        stacked = set(config.get("stacked") or ())
         self.parts_of: dict[str, dict[str, str]] = {}
         for key in weight_map:
             stem, _, suffix = key.rpartition(".")
             if suffix in PARTS:
-                self.parts_of.setdefault(f"{stem}.weight", {})[suffix] = key
+                self.parts_of.setdefault(dense_name(stem, stacked), {})[suffix] = key
         self.parts_of = {name: parts for name, parts in self.parts_of.items() if {"compressed", "bitmask"} <= set(parts)}
         for name, parts in self.parts_of.items():
             self.file_of[name] = weight_map[parts["compressed"]]
@@ -103,9 +106,8 @@ class Checkpoint:
         for key in keys:
             if key in self.parts_of:
                 parts = {part: tensors.pop(stored) for part, stored in self.parts_of[key].items()}
-                dense = decompress(parts, key)
-                stem = key[: -len(".weight")]
-                tensors[key] = dense.t().contiguous() if stem in self.transposed else dense
+                stem = next(iter(self.parts_of[key].values())).rpartition(".")[0]
+                tensors[key] = restored(decompress(parts, key), stem in self.transposed)
         return tensors
 
 
@@ -236,42 +238,6 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[attribute] = value
 
 
-def saved_views(model: nn.Module, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The tensors ``save_pretrained`` writes for the model's tensor ``name``: transformers' own
-    conversion on save (e.g. fused MoE experts back to one 2-D weight per expert), applied to it alone.
-    ``assembled`` is the way back."""
-    from transformers.core_model_loading import revert_weight_conversion
-
-    return revert_weight_conversion(model, {name: tensor})
-
-
-def assembled(model: nn.Module, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's tensors made from these checkpoint tensors by transformers' own conversion on load
-    (e.g. one 2-D weight per expert stacked into the fused 3-D experts parameter); the inverse of
-    ``saved_views``, for the tensors of one block at a time."""
-    from copy import deepcopy
-
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
-
-    conversions = getattr(model, "_weight_conversions", None) or get_model_conversion_mapping(model)
-    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
-    converters = [c for c in conversions if isinstance(c, WeightConverter)]
-    by_pattern = {pattern: converter for converter in converters for pattern in converter.source_patterns}
-    pending: dict[str, WeightConverter] = {}
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in sorted(parts.items(), key=lambda item: dot_natural_key(item[0])):  # experts 0, 1, ..., 10 in order
-        renamed, pattern = rename_source_key(key, renamings, converters)
-        if pattern is None:
-            out[renamed] = tensor
-            continue
-        pending.setdefault(renamed, deepcopy(by_pattern[pattern])).add_tensor(renamed, key, pattern, tensor)
-    for target, converter in pending.items():
-        for name, value in converter.convert(target, model=model, config=model.config).items():
-            out[name] = value[0] if isinstance(value, list) else value
-    return out
-
-
 class TensorPlaces:
     """Every state-dict name of the model, the places (module, attribute) that share its tensor,
     and the checkpoint key it is read from."""
@@ -295,7 +261,7 @@ class TensorPlaces:
                     self.source[name] = candidate
                     break
             else:
-                parts = list(saved_views(model, name, state[name])) if not _is_non_persistent(model, name) else []
+                parts = list(saved_tensors(model, name, state[name])) if not _is_non_persistent(model, name) else []
                 if parts and all(part in checkpoint.file_of for part in parts) and parts != [name]:
                     self.source[name] = name
                     self.converted[name] = parts
@@ -434,7 +400,7 @@ class OutputPlan:
             if id(tensor) in ids:
                 self.model_name[name] = ids[id(tensor)]
         for model_name in set(kept) - set(self.model_name.values()):
-            for name in saved_views(model, model_name, kept[model_name]):
+            for name in saved_tensors(model, model_name, kept[model_name]):
                 self.model_name[name] = model_name
             self.converted.add(model_name)
         unknown = sorted(set(saved) - set(self.model_name))
@@ -469,7 +435,7 @@ class OutputPlan:
         state = model.state_dict(keep_vars=True)
         for name in names:
             if name in self.converted:
-                for saved_name, view in saved_views(model, name, state[name].detach()).items():
+                for saved_name, view in saved_tensors(model, name, state[name].detach()).items():
                     writer.write(saved_name, view)
                 continue
             for saved_name in self.saved_names_of.get(name, []):
