@@ -95,8 +95,8 @@ def moe_input_and_routing(model, block, logits_of):
     return rows, chosen
 
 
-def gathered(model, provider, policy):
-    inputs = capture_block_inputs(model, [CALIBRATION], "cpu")
+def gathered(model, provider, policy, chunks=1):
+    inputs = capture_block_inputs(model, list(CALIBRATION.chunk(chunks)), "cpu")
     stats, _ = gather_block_statistics(model.model.layers[0], provider, inputs, experts=policy)
     return stats
 
@@ -145,18 +145,42 @@ def test_qwen3_hessians_are_those_of_the_routed_rows_not_scaled_by_routing_weigh
         torch.testing.assert_close(stats[f"mlp.experts.{e}.down_proj"][1].matrix, 2 * down.t() @ down / down.shape[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunks", [1, 2])  # two chunks: the all-tokens statistics come from a second partial pass
 @torch.no_grad()
-def test_experts_below_the_threshold_fall_back_to_all_tokens():
+def test_experts_below_the_threshold_fall_back_to_all_tokens(chunks):
     model = tiny_moe("qwen3_moe")
     block = model.model.layers[0]
     rows, _ = moe_input_and_routing(model, block, lambda x: x @ block.mlp.gate.weight.t())
-    stats = gathered(model, Wanda(), ExpertPolicy(min_tokens=10**6, fallback="all-tokens"))
+    stats = gathered(model, Wanda(), ExpertPolicy(min_tokens=10**6, fallback="all-tokens"), chunks)
     experts = block.mlp.experts
     for e in range(4):
         torch.testing.assert_close(stats[f"mlp.experts.{e}.up_proj"][1], rows.square().sum(0), rtol=1e-5, atol=1e-5)
         gate, up = (rows @ experts.gate_up_proj[e].t()).chunk(2, dim=-1)
         torch.testing.assert_close(stats[f"mlp.experts.{e}.down_proj"][1], (nn.functional.silu(gate) * up).square().sum(0),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_single_pass_prunes_down_from_the_intermediates_of_the_pruned_gate_and_up(monkeypatch):
+    from llmprune.engine import pruning
+
+    seen = {}
+    original = pruning.prune_weight
+
+    def spy(weight, method, stats, target):
+        if weight.name == "mlp.experts.1.down_proj" and "down" not in seen:
+            seen["down"] = stats.clone()
+        original(weight, method, stats, target)
+
+    monkeypatch.setattr(pruning, "prune_weight", spy)
+    model = tiny_moe("qwen3_moe")
+    llmprune.prune(model, None, method="wanda", sparsity=0.5, calibration_ids=CALIBRATION, progress=False, **NO_THRESHOLD)
+    block = model.model.layers[0]
+    # The pruned block's MoE input is what the single pass saw there (its attention was pruned first).
+    rows, chosen = moe_input_and_routing(model, block, lambda x: torch.softmax(x @ block.mlp.gate.weight.t(), dim=-1))
+    mine = rows[(chosen == 1).any(dim=1)]
+    gate, up = (mine @ block.mlp.experts.gate_up_proj[1].t()).chunk(2, dim=-1)  # gate/up as pruned
+    assert (block.mlp.experts.gate_up_proj[1] == 0).float().mean() == 0.5
+    torch.testing.assert_close(seen["down"], (nn.functional.silu(gate) * up).square().sum(0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch_size", [None, 2])
@@ -216,6 +240,17 @@ def test_streaming_writes_the_same_bytes_as_in_memory(family, tmp_path):
     streamed = llmprune.prune_folder(str(source), tmp_path / "stream", **options)
     assert digest(tmp_path / "memory") == digest(tmp_path / "stream")
     assert streamed["layers"] == report["layers"] and streamed["experts"] == report["experts"]
+
+
+def test_streaming_reads_a_sparse_moe_folder(tmp_path):
+    model = tiny_moe("qwen2_moe")
+    report = llmprune.prune(model, None, method="magnitude", sparsity=0.5, progress=False)
+    sparse = llmprune.save_pretrained(model, tiny_tokenizer(), tmp_path / "sparse", report, save_format="sparse")
+    options = dict(method="wanda", sparsity=0.6, calibration_ids=CALIBRATION, progress=False)
+    again, tokenizer = llmprune.load_model(str(sparse))
+    llmprune.save_pretrained(again, tokenizer, tmp_path / "memory", llmprune.prune(again, tokenizer, **options))
+    llmprune.prune_folder(str(sparse), tmp_path / "stream", **options)
+    assert digest(tmp_path / "memory") == digest(tmp_path / "stream")
 
 
 def test_owl_gives_moe_blocks_their_own_sparsity_with_the_mean_kept():

@@ -11,13 +11,29 @@ import torch
 from torch import nn
 
 
-def saved_tensors(model: nn.Module, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The tensors ``save_pretrained`` writes for the model's tensor ``name``: transformers' own
-    conversion on save (e.g. fused MoE experts back to one 2-D weight per expert), applied to it alone.
-    ``assembled`` is the way back."""
+def saved_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What ``save_pretrained`` writes for these tensors of the model (transformers' conversion on save).
+
+    A model loaded from a folder whose tensors matched none of its family's conversions (a sparse
+    folder: its compressed parts) records an empty list of them, and saving would keep the fused
+    names; the family's own conversions apply instead, as for a model built from its config.
+    """
     from transformers.core_model_loading import revert_weight_conversion
 
-    return revert_weight_conversion(model, {name: tensor})
+    recorded = vars(model).get("_weight_conversions", None)
+    if recorded is not None and not recorded:
+        del model._weight_conversions
+        try:
+            return revert_weight_conversion(model, state_dict)
+        finally:
+            model._weight_conversions = recorded
+    return revert_weight_conversion(model, state_dict)
+
+
+def saved_tensors(model: nn.Module, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensors ``save_pretrained`` writes for the model's tensor ``name`` alone (e.g. fused MoE
+    experts back to one 2-D weight per expert). ``assembled`` is the way back."""
+    return saved_state(model, {name: tensor})
 
 
 def assembled(model: nn.Module, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -419,12 +419,10 @@ def pruned_tensors(model, report: dict) -> tuple[dict[str, torch.Tensor], dict[s
     experts come out as the dense save writes them (one 2-D weight per expert for most families).
     """
     from ..anatomy import block_weights, find_blocks, router_weights
-    from .conversion import saved_tensors
-
-    from transformers.core_model_loading import revert_weight_conversion
+    from .conversion import saved_state, saved_tensors
 
     state_dict = _untied_state_dict(model)
-    saved = revert_weight_conversion(model, dict(state_dict))
+    saved = saved_state(model, dict(state_dict))
     if set(saved) == set(state_dict):
         saved = state_dict  # no conversion: keep the state dict's own order
     layers = set(report.get("layers") or ())

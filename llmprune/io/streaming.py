@@ -34,7 +34,7 @@ from torch import nn
 from ..anatomy import find_blocks
 from ..errors import LLMPruneError
 from ..process import resolve_device, resolve_dtype, return_freed_memory
-from .conversion import assembled, saved_tensors
+from .conversion import assembled, saved_state, saved_tensors
 from .loading import resolve_model_path
 from .sparse import PARTS, decompress, dense_name, restored, sparsity_config
 
@@ -387,13 +387,12 @@ class OutputPlan:
 
     def __init__(self, model: nn.Module):
         from huggingface_hub import split_torch_state_dict_into_shards
-        from transformers.core_model_loading import revert_weight_conversion
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
         state = model.state_dict()  # meta tensors: names, dtypes and shapes only
         kept = remove_tied_weights_from_state_dict(state, model)
         ids = {id(tensor): name for name, tensor in kept.items()}
-        saved = revert_weight_conversion(model, kept)
+        saved = saved_state(model, kept)
         self.model_name: dict[str, str] = {}  # saved name -> the model's state-dict name
         self.converted: set[str] = set()  # model names saved as several rearranged tensors (MoE experts)
         for name, tensor in saved.items():
