@@ -45,11 +45,15 @@ class ExpertPolicy:
         if self.min_tokens < 0:
             raise LLMPruneError(f"--min-expert-tokens must be at least 0, got {self.min_tokens}")
 
+    def too_few(self, tokens: int) -> bool:
+        """An expert with no token has no statistics of its own whatever the threshold."""
+        return tokens < max(self.min_tokens, 1)
+
     def source(self, tokens: int) -> str:
-        """Where an expert that received ``tokens`` calibration tokens takes its statistics from."""
+        """Where a fused expert that received ``tokens`` calibration tokens takes its statistics from."""
         if self.statistics == ALL_TOKENS:
             return ALL_TOKENS
-        return ROUTED if tokens >= max(self.min_tokens, 1) else self.fallback
+        return self.fallback if self.too_few(tokens) else ROUTED
 
 
 class _AllTokensGathered(Exception):

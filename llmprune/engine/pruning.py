@@ -1,17 +1,17 @@
 """Pruning one weight matrix, and one block: statistics, masks (and new values), outputs for the next block."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..anatomy import LayerSelection, PrunableWeight, expert_layout, prunable_weights
+from ..anatomy import LayerSelection, PrunableWeight, prunable_weights
 from ..errors import LLMPruneError
 from ..methods import PruningMethod, SparsityTarget
 from .capture import BlockInputs, run_block
-from .experts import MAGNITUDE, ROUTED, ExpertPolicy, RoutedExperts, run_until_experts
-from .statistics import BlockStatistics
+from .experts import ExpertPolicy, run_until_experts
+from .statistics import BlockGathering
 
 # A row-separable method (see PruningMethod.row_separable) is given a slice of rows at a time:
 # its float32 working copies then cost a slice instead of the whole matrix (for a 4096 x 11008
@@ -50,56 +50,6 @@ def check_pattern_fits(blocks: nn.ModuleList, path: str, target: SparsityTarget,
                 )
 
 
-class _BlockGathering:
-    """Every statistics hook of one block: per distinct input for its layers, per expert for its fused
-    experts; ``prune`` (the fused single pass) acts on each weight the moment its input is complete."""
-
-    def __init__(self, block: nn.Module, provider, weights: dict[str, PrunableWeight], policy: ExpertPolicy,
-                 prune: Callable[[str, Any], None] | None = None):
-        self.weights, self.policy = weights, policy
-        layers = {name: weight for name, weight in weights.items() if not weight.fused}
-        on_sight = None if prune is None else (lambda name: prune(name, self.layer_statistics(name)))
-        self.layers = BlockStatistics(provider, layers, on_sight=on_sight)
-        by_module: dict[int, dict[str, PrunableWeight]] = {}
-        for name, weight in weights.items():
-            if weight.fused:
-                by_module.setdefault(id(weight.module), {})[name] = weight
-        module_names = {id(module): name for name, module in block.named_modules()}
-        self.experts: list[RoutedExperts] = []
-        for group in by_module.values():
-            module = next(iter(group.values())).module
-            layout = expert_layout(module)
-            self.experts.append(RoutedExperts(module_names[id(module)], module, layout, group, provider, policy, prune))
-
-    def layer_statistics(self, name: str) -> Any:
-        """A layer's statistics; a member of a per-expert list with too few tokens gets none (magnitude)."""
-        stats = self.layers.take(name)
-        weight = self.weights[name]
-        if weight.expert is not None and self.policy.source(self.layers.tokens.get(name, 0)) != ROUTED:
-            return None
-        return stats
-
-    def remove(self) -> None:
-        self.layers.remove()
-        for experts in self.experts:
-            experts.remove()
-
-    def routing(self) -> dict[str, dict]:
-        """Tokens per expert and which fell back, per experts module (fused) or per-expert list."""
-        entry = {experts.name: experts.summary() for experts in self.experts}
-        lists: dict[str, dict[int, int]] = {}
-        for name, weight in self.weights.items():
-            if weight.expert is not None and not weight.fused:
-                prefix = name[: name.index(f".{weight.expert}.")] if f".{weight.expert}." in name else name
-                seen = lists.setdefault(prefix, {})
-                seen[weight.expert] = max(seen.get(weight.expert, 0), self.layers.tokens.get(name, 0))
-        for prefix, seen in lists.items():
-            tokens = [seen.get(e, 0) for e in range(max(seen) + 1)]
-            fell_back = {str(e): MAGNITUDE for e, t in enumerate(tokens) if self.policy.source(t) != ROUTED}
-            entry[prefix] = {"experts": len(tokens), "tokens": tokens, "fell_back": fell_back}
-        return entry
-
-
 @torch.no_grad()
 def prune_block(
     block: nn.Module,
@@ -132,7 +82,7 @@ def prune_block(
         done.add(name)
 
     single_pass = len(inputs) == 1
-    gathered = _BlockGathering(block, method, weights, experts, prune if single_pass else None)
+    gathered = BlockGathering(block, method, weights, experts, prune if single_pass else None)
     try:
         outputs = run_block(block, inputs, gathered.layers.end_call)
         gathered.remove()
@@ -170,7 +120,7 @@ def gather_block_statistics(
     statistics (routed experts from their own tokens); returns name -> (weight, statistics or None)
     and the block's outputs."""
     weights = prunable_weights(block, selection)
-    gathered = _BlockGathering(block, provider, weights, experts)
+    gathered = BlockGathering(block, provider, weights, experts)
     try:
         outputs = run_block(block, inputs, gathered.layers.end_call)
         gathered.remove()
