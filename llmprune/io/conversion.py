@@ -20,14 +20,16 @@ def saved_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[s
     """
     from transformers.core_model_loading import revert_weight_conversion
 
+    saved = revert_weight_conversion(model, state_dict)
     recorded = vars(model).get("_weight_conversions", None)
-    if recorded is not None and not recorded:
-        del model._weight_conversions
-        try:
-            return revert_weight_conversion(model, state_dict)
-        finally:
-            model._weight_conversions = recorded
-    return revert_weight_conversion(model, state_dict)
+    if recorded is None or recorded:
+        return saved
+    del model._weight_conversions
+    try:
+        family = revert_weight_conversion(model, state_dict)
+    finally:
+        model._weight_conversions = recorded
+    return family if set(family) != set(saved) else saved  # same names: keep save_pretrained's own order
 
 
 def saved_tensors(model: nn.Module, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
