@@ -21,6 +21,8 @@ MOE_FAMILIES = {
         q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
     "gpt_oss": lambda: transformers.GptOssConfig(
         **COMMON, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, head_dim=16, sliding_window=16),
+    # Not in anatomy.EXPERT_LAYOUTS: its layout is read from the flags transformers sets (no new code).
+    "olmoe": lambda: transformers.OlmoeConfig(**COMMON, intermediate_size=32, num_experts=4, num_experts_per_tok=2),
 }
 
 
