@@ -44,7 +44,7 @@ def coverage(model: nn.Module, pruned: dict[str, int]) -> dict:
         for name, tensor in block.named_parameters():
             full = f"{path}.{index}.{name}"
             total += tensor.numel()
-            if tensor.dim() >= 2:
+            if tensor.dim() >= 2 and not name.endswith("bias"):  # gpt-oss's expert biases are 2-D
                 matrices += tensor.numel()
             left = tensor.numel() - pruned_in.get(full, 0)
             if left > 0:
