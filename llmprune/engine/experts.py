@@ -77,7 +77,8 @@ class RoutedExperts:
     With ``prune`` (the fused single pass) each expert is finished inside the module's call: its
     gate and up pruned, its intermediates recomputed with them, its down pruned, its statistics
     dropped, before the module's own forward runs on the pruned weights. Without, the statistics
-    accumulate over every call (chunks) until ``finish``.
+    accumulate over every call (chunks) until ``resolve`` decides each expert's source and ``take``
+    hands them out, one expert at a time.
     """
 
     def __init__(self, name: str, module: nn.Module, layout: ExpertLayout, weights: dict[str, PrunableWeight],
