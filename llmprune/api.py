@@ -47,7 +47,7 @@ def _prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: 
     was_training = model.training
     model.eval()
     outcome = prune_model(
-        Lifecycle(model, home, device, options.progress), method, target, chunks, options.selection(),
+        Lifecycle(model, home, device, options.progress, options.expert_policy()), method, target, chunks, options.selection(),
         allocation=OWL(options.owl_m, options.owl_lambda) if options.owl else None,
     )
     model.train(was_training)

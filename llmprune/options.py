@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .anatomy import LayerSelection
+from .engine.experts import EXPERT_FALLBACKS, EXPERT_STATISTICS, ExpertPolicy
 from .errors import LLMPruneError
 from .methods import METHODS, SparsityTarget, get_method
 
@@ -46,6 +47,9 @@ class PruneOptions:
     owl: bool = option(False, "OWL: per-block sparsities from outlier ratios, mean = --sparsity (unstructured only)", "what to prune")
     owl_m: float = option(5.0, "OWL: a score above M x the block's mean is an outlier", "what to prune")
     owl_lambda: float = option(0.08, "OWL: block sparsities stay within sparsity +- lambda", "what to prune")
+    min_expert_tokens: int = option(ExpertPolicy.min_tokens, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
+    expert_fallback: str = option(ExpertPolicy.fallback, "MoE: statistics for an expert below --min-expert-tokens: all-tokens (every token through that expert) or magnitude", "what to prune", choices=EXPERT_FALLBACKS)
+    expert_statistics: str = option(ExpertPolicy.statistics, "MoE: routed (each expert from the tokens routed to it) or all-tokens (every expert from every token)", "what to prune", choices=EXPERT_STATISTICS)
     calibration: str = option("wikipedia", "wikipedia (bundled train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
     nsamples: int = option(128, "calibration windows", "calibration")
     seqlen: int = option(2048, "tokens per calibration window (capped at the model's limit)", "calibration")
@@ -62,6 +66,9 @@ class PruneOptions:
     def selection(self) -> LayerSelection:
         return LayerSelection.of(self.targets, self.ignore)
 
+    def expert_policy(self) -> ExpertPolicy:
+        return ExpertPolicy(self.expert_statistics, int(self.min_expert_tokens), self.expert_fallback)
+
     def pruning_method(self):
         return get_method(self.method, **self.method_options)
 
@@ -72,6 +79,7 @@ class PruneOptions:
         target = self.target()
         check_owl_options(target, self.owl, self.owl_m, self.owl_lambda)
         self.pruning_method()
+        self.expert_policy().check()
         for name in ("nsamples", "seqlen"):
             if int(getattr(self, name)) < 1:
                 raise LLMPruneError(f"--{name} must be at least 1, got {getattr(self, name)}")
