@@ -79,7 +79,7 @@ def refit_on_support(
     """
     tiny = torch.finfo(weight.dtype).tiny
     for rows in _row_blocks(*weight.shape):
-        x, support = weight[rows], keep[rows]
+        x, support = weight[rows], keep[rows].to(weight.dtype)
         residual = (targets[rows] - x @ hessian).mul_(support)
         goal = (targets[rows] * support).square().sum(dim=1) * tolerance**2
         direction = residual.clone()
@@ -160,17 +160,19 @@ class ADMM(SparseGPT):
         if fixed:
             keep = keep.to(device=w.device, dtype=torch.bool)
         schedule = min(self.mask_iterations, self.iterations)
+        cut = None if keep is None else (~keep).to(w.dtype)  # 1 where pruned: float, so no conversion per use
         for iteration in range(self.iterations):
             v = w.add_(u)  # V = W + U, in W's buffer: W itself is not needed again
             if not fixed and iteration < schedule:
                 keep = _select(v.abs(), target, _mask_fraction(iteration, schedule, target.sparsity))
-            torch.mul(v, ~keep, out=u)  # U = V - Z: what the mask cuts off
+                cut = (~keep).to(w.dtype)
+            torch.mul(v, cut, out=u)  # U = V - Z: what the mask cuts off
             for block in blocks:
-                # Z - U = V where kept, -V where cut
-                rhs = torch.sub(v[block], u[block], alpha=2.0).mul_(self.rho).add_(fit[block])
+                # W0 H + rho (Z - U) with Z - U = V - 2U
+                rhs = torch.add(fit[block], v[block], alpha=self.rho).add_(u[block], alpha=-2.0 * self.rho)
                 torch.matmul(rhs, inverse, out=w[block])
         z = w.add_(u).mul_(keep)  # the last Z: the ADMM weights on the final support
-        del u, inverse
+        del u, cut, inverse
         refit_on_support(z, fit, hessian, keep, self.refit_iterations, self.refit_tolerance)
         z.div_(scale.unsqueeze(0))
         z[:, dead] = 0.0
