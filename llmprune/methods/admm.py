@@ -160,12 +160,15 @@ class ADMM(SparseGPT):
         if fixed:
             keep = keep.to(device=w.device, dtype=torch.bool)
         schedule = min(self.mask_iterations, self.iterations)
-        cut = None if keep is None else (~keep).to(w.dtype)  # 1 where pruned: float, so no conversion per use
+        cut = torch.empty_like(w)  # 1 where pruned: float, as a bool mask costs a conversion at every use
+        if fixed:
+            cut.copy_(~keep)
         for iteration in range(self.iterations):
             v = w.add_(u)  # V = W + U, in W's buffer: W itself is not needed again
             if not fixed and iteration < schedule:
-                keep = _select(v.abs(), target, _mask_fraction(iteration, schedule, target.sparsity))
-                cut = (~keep).to(w.dtype)
+                # |V| goes in U's buffer, which is overwritten just after: no extra full-size matrix.
+                keep = _select(torch.abs(v, out=u), target, _mask_fraction(iteration, schedule, target.sparsity))
+                cut.copy_(~keep)
             torch.mul(v, cut, out=u)  # U = V - Z: what the mask cuts off
             for block in blocks:
                 # W0 H + rho (Z - U) with Z - U = V - 2U

@@ -56,7 +56,7 @@ def _keep_all_but_lowest(scores: torch.Tensor, count: int, dim: int) -> torch.Te
     below = scores < threshold
     at = scores == threshold
     still_needed = count - below.sum(dim=dim, keepdim=True)
-    tie_rank = torch.cumsum(at, dim=dim)
+    tie_rank = torch.cumsum(at, dim=dim, dtype=torch.int32)  # half the memory of the default int64
     return ~(below | (at & (tie_rank <= still_needed)))
 
 
