@@ -81,6 +81,23 @@ def test_reconstruction_error_below_sparsegpt(target):
     assert errors["admm"] < errors["sparsegpt"], errors
 
 
+def test_the_mask_schedule_is_cubic_and_reaches_the_target():
+    fractions = [admm_module._mask_fraction(t, 15, 0.7) for t in range(20)]
+    assert all(b > a for a, b in zip(fractions[:15], fractions[1:15]))
+    assert fractions[14:] == [0.7] * 6
+    assert fractions[0] == pytest.approx(0.7 * (1 - (14 / 15) ** 3))
+
+
+def test_gradual_mask_selection_beats_choosing_the_mask_at_once():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(48, 64, generator=g)
+    x = correlated_inputs(columns=64)
+    target = SparsityTarget.parse(0.7)
+    at_once = reconstruction_error(weight, pruned_weight("admm", weight, x, target, mask_iterations=1)[0], x)
+    gradual = reconstruction_error(weight, pruned_weight("admm", weight, x, target)[0], x)
+    assert gradual < at_once
+
+
 def test_row_blocking_does_not_change_the_result(monkeypatch):
     g = torch.Generator().manual_seed(7)
     weight = torch.randn(20, 32, generator=g)

@@ -101,7 +101,11 @@ def refit_on_support(
 
 
 class ADMM(SparseGPT):
-    """ADMM pruning with gradual mask selection; options are keyword arguments of ``get_method("admm", ...)``."""
+    """ADMM pruning with gradual mask selection. Options (keywords of ``get_method("admm", ...)``, or
+    ``method_options`` in a recipe): ``iterations`` of ADMM (20), the first ``mask_iterations`` of
+    which choose the mask (15); the penalty ``rho`` on the unit-diagonal Hessian (1.0); damping
+    ``percdamp`` added to that diagonal, as SparseGPT's (0.01); at most ``refit_iterations`` (10)
+    conjugate-gradient steps of the final solve, stopping early at ``refit_tolerance`` (1e-5)."""
 
     name = "admm"
 
