@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llmprune  # noqa: E402
-from llmprune.api import calibration_batch  # noqa: E402
+from llmprune.calibration import calibration_batch  # noqa: E402
 from llmprune.evaluate.perplexity import perplexity  # noqa: E402
-from llmprune.models import load_causal_lm  # noqa: E402
+from llmprune.io.loading import load_causal_lm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,7 +105,7 @@ def main() -> None:
         "settings": {**vars(args), "calibration": "wikipedia train", "eval": "wikipedia test, 512-token windows",
                      "torch_threads": torch.get_num_threads()},
         "rows": rows, "checks": checks, "seconds": round(time.perf_counter() - started, 1),
-        "versions": llmprune.api.versions(),
+        "versions": llmprune.process.versions(),
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

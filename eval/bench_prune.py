@@ -29,7 +29,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     import llmprune
-    from llmprune.api import calibration_batch, peak_rss_mb
+    from llmprune.calibration import calibration_batch
+    from llmprune.process import peak_rss_mb
     from llmprune.evaluate.perplexity import perplexity
 
     model, tokenizer = llmprune.load_model("llama", dtype="float32")

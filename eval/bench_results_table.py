@@ -131,7 +131,7 @@ def run_worker(spec_path: str) -> int:
 
     import llmprune
     from llmprune.evaluate import evaluate
-    from llmprune.models import load_causal_lm
+    from llmprune.io.loading import load_causal_lm
 
     spec = json.loads(Path(spec_path).read_text())
     row, args = spec["row"], argparse.Namespace(**spec["args"])
@@ -142,7 +142,7 @@ def run_worker(spec_path: str) -> int:
     out: dict = {"row": row}
     if row["method"] == "dense":
         out["costs"] = measure_costs(model, tokenizer, calibration, args)
-        out["report"] = {"total_sparsity": 0.0, "prune_seconds": None, "peak_rss_mb": llmprune.api.peak_rss_mb()}
+        out["report"] = {"total_sparsity": 0.0, "prune_seconds": None, "peak_rss_mb": llmprune.process.peak_rss_mb()}
     elif row["library"] == "llmprune":
         out["report"] = llmprune.prune(
             model, tokenizer, method=row["method"], sparsity=row["sparsity"], pattern=row["pattern"],
@@ -189,7 +189,7 @@ def run_row(row: dict, args, work: Path, calibration: Path, peer: str | None) ->
     spec = {"row": row, "args": vars(args), "calibration": str(calibration), "output": str(work / f"{tag}.out.json")}
     if row["library"] == "llmcompressor":
         spec["peer_weights"], spec["peer_report"] = str(work / f"{tag}.safetensors"), str(work / f"{tag}.peer.json")
-        from llmprune.models import resolve_model_path
+        from llmprune.io.loading import resolve_model_path
 
         command = [peer, str(PEER_SCRIPT), "--model-dir", resolve_model_path(args.model), "--method", row["method"],
                    "--calibration", str(calibration), "--weights", spec["peer_weights"], "--report", spec["peer_report"]]
@@ -349,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args.worker)
     from transformers import AutoTokenizer
 
-    from llmprune.api import calibration_batch
-    from llmprune.models import resolve_model_path
+    from llmprune.calibration import calibration_batch
+    from llmprune.io.loading import resolve_model_path
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from llmprune.io.loading import load_pretrained  # noqa: E402
 from llmprune.io.sparse import save_sparse_model, weight_files  # noqa: E402
-from llmprune.models import find_blocks, is_linear, load_causal_lm  # noqa: E402
+from llmprune.anatomy import find_blocks, is_linear  # noqa: E402
+from llmprune.io.loading import load_causal_lm  # noqa: E402
 
 TARGETS = {"50% unstructured": 0.57, "2:4": 0.57, "90% unstructured": 0.17}
 

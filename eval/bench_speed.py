@@ -26,8 +26,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llmprune  # noqa: E402
-from llmprune.api import calibration_batch, versions  # noqa: E402
-from llmprune.models import find_blocks, load_causal_lm, prunable_layers  # noqa: E402
+from llmprune.anatomy import find_blocks, prunable_weights  # noqa: E402
+from llmprune.calibration import calibration_batch  # noqa: E402
+from llmprune.io.loading import load_causal_lm  # noqa: E402
+from llmprune.process import versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,7 +56,7 @@ def swap_linears(model: nn.Module, make) -> int:
     _, blocks = find_blocks(model)
     count = 0
     for block in blocks:
-        for name, layer in prunable_layers(block).items():
+        for name, layer in ((n, w.module) for n, w in prunable_weights(block).items()):
             parent_name, _, attribute = name.rpartition(".")
             parent = block.get_submodule(parent_name) if parent_name else block
             setattr(parent, attribute, make(layer))
@@ -123,7 +125,7 @@ def matmul_table(model, dtype: torch.dtype, tokens_list: list[int], repeats: int
     """Dense vs CSR time for each distinct pruned layer shape of block 0, at several token counts."""
     _, blocks = find_blocks(model)
     rows, seen = [], set()
-    for name, layer in prunable_layers(blocks[0]).items():
+    for name, layer in ((n, w.module) for n, w in prunable_weights(blocks[0]).items()):
         weight = layer.weight.detach().to(dtype)
         if tuple(weight.shape) in seen:
             continue

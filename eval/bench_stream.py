@@ -40,8 +40,8 @@ LARGE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, 
 # apart from what comes before it. The run's peak is the larger of the two.
 CHILD = """
 import atexit, sys
-import llmprune.api as api
-build = api.calibration_batch
+import llmprune.calibration as calibration
+build = calibration.calibration_batch
 def high_water_kb():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM'):
@@ -52,7 +52,7 @@ def measured(*args, **kwargs):
     with open('/proc/self/clear_refs', 'w') as handle:
         handle.write('5')
     return ids
-api.calibration_batch = measured
+calibration.calibration_batch = measured
 atexit.register(lambda: print('PHASE_PEAK_KB', high_water_kb(), flush=True))
 from llmprune.cli import main
 sys.exit(main())
@@ -111,7 +111,7 @@ def build_large_model(folder: Path, layers: int) -> None:
     import transformers
     from accelerate import init_empty_weights
 
-    from llmprune.streaming import OutputPlan, write_model_files
+    from llmprune.io.streaming import OutputPlan, write_model_files
 
     config = transformers.LlamaConfig(**LARGE, num_hidden_layers=layers)
     with init_empty_weights(include_buffers=False):

@@ -14,7 +14,10 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "load_model": "api",
     "prune": "api",
+    "prune_folder": "api",
     "save_pretrained": "api",
+    "PruneOptions": "options",
+    "RunOptions": "options",
     "load_pretrained": "io.loading",
     "LLMPruneError": "errors",
 }

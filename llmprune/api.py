@@ -3,150 +3,75 @@
     model, tokenizer = llmprune.load_model("llama")
     report = llmprune.prune(model, tokenizer, method="wanda", sparsity=0.5)
     llmprune.save_pretrained(model, tokenizer, "out/llama-wanda-50", report)
+    report = llmprune.prune_folder("big-model", "out/big", method="wanda", sparsity=0.5)  # streamed from disk
+
+Options are ``llmprune.PruneOptions`` fields, given as an object, as keywords, or both (keywords win).
 """
 from __future__ import annotations
 
-import platform
-import resource
 import time
 from pathlib import Path
 
 import torch
 
-from . import __version__
-from .data import calibration_windows, load_text, tokenize_corpus
-from .engine import capture_block_inputs, copy_inputs, prune_blocks
+from .calibration import calibration_chunks
+from .engine import InMemory, Lifecycle, prune_model
 from .errors import LLMPruneError
-from .io.writer import save_pruned_model
-from .methods import SparsityTarget, get_method
-from .models import load_causal_lm, resolve_device
-from .owl import check_owl_options, measure_outlier_ratios, owl_allocation
-
-# Calibration batches above this many activation bytes per block are split into chunks
-# (two passes per block) instead of one fused pass.
-SINGLE_PASS_ACTIVATION_BUDGET = 6 * 2**30
+from .io.atomic import check_free_space, check_output_dir, write_folder_atomically
+from .io.loading import load_causal_lm
+from .io.writer import model_bytes, save_pruned_model, write_report, write_report_file
+from .options import PruneOptions, RunOptions, with_overrides
+from .owl import OWL
+from .process import resolve_device, resolve_dtype
+from .report import coverage_warning, prune_report
 
 
 def load_model(spec: str, dtype: str | None = None, device: str = "auto"):
-    """(model, tokenizer) from an alias (``llama``), a folder, a .gguf file or a hub id."""
+    """(model, tokenizer) from an alias (``llama``), a folder (dense or sparse), a .gguf file or a hub id."""
     model, tokenizer, _ = load_causal_lm(spec, dtype=dtype, device=device)
     return model, tokenizer
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB.
-
-    Linux's VmHWM is this process's own high-water mark. getrusage's ru_maxrss is only the
-    fallback: it also counts the parent's resident memory at the moment of fork/exec, so a
-    process started by a large one (a benchmark driver) would report the driver's peak.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-
-
-def versions() -> dict[str, str]:
-    import transformers
-
-    return {
-        "llmprune": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
+def _prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: torch.Tensor | None) -> dict:
+    """One pruning job on a model wherever its blocks live; returns the report."""
+    method = options.pruning_method()
+    target = options.target()
+    device = resolve_device(options.device)
+    started = time.perf_counter()
+    chunks, nsamples, seqlen = None, options.nsamples, options.seqlen
+    if method.needs_calibration or options.owl:
+        chunks, nsamples, seqlen = calibration_chunks(
+            model, tokenizer, options.calibration, options.nsamples, options.seqlen, options.seed,
+            options.batch_size, calibration_ids,
+        )
+    was_training = model.training
+    model.eval()
+    outcome = prune_model(
+        Lifecycle(model, home, device, options.progress), method, target, chunks, options.selection(),
+        allocation=OWL(options.owl_m, options.owl_lambda) if options.owl else None,
+    )
+    model.train(was_training)
+    if not outcome.layers:
+        raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
+    calibrated = method.needs_calibration
+    calibration = {
+        "source": ("given token ids" if calibration_ids is not None else options.calibration) if calibrated else None,
+        "nsamples": nsamples if calibrated else 0,
+        "seqlen": seqlen if calibrated else 0,
+        "seed": options.seed,
+        "chunks": len(chunks) if chunks else 0,
     }
+    report = prune_report(model, method, target, outcome.layers, outcome.weights, calibration,
+                          options.targets, options.ignore, started)
+    report.update(outcome.entries)
+    warning = coverage_warning(report["coverage"])
+    if warning:
+        print(warning, flush=True)
+    return report
 
 
-def model_max_length(model) -> int | None:
-    config = model.config
-    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _chunk_count(model, nsamples: int, seqlen: int, batch_size: int | None) -> int:
-    if batch_size:
-        return -(-nsamples // batch_size)
-    config = model.config
-    width = max(getattr(config, "intermediate_size", 0) or 0, getattr(config, "hidden_size", 0) or 0, 1)
-    # A block holds a handful of activations of the widest size at once.
-    per_sample = seqlen * width * 4 * 6
-    return max(1, -(-nsamples * per_sample // SINGLE_PASS_ACTIVATION_BUDGET))
-
-
-# Calibration text is tokenised in pieces of this many characters (bounded memory; see tokenize_corpus).
-CALIBRATION_PIECE_CHARS = 200_000
-
-
-def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128, seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
-    """``nsamples`` x ``seqlen`` token windows at random offsets in the source's train split."""
-    text = load_text(source, split="train")
-    return calibration_windows(tokenize_corpus(tokenizer, text, piece_chars=CALIBRATION_PIECE_CHARS), nsamples, seqlen, seed)
-
-
-def return_freed_memory() -> None:
-    """Hand memory freed by Python back to the OS (glibc keeps it otherwise).
-
-    Reading and tokenising a corpus leaves freed small blocks in the heap, which tensors (allocated
-    with mmap) never reuse; resident memory would stay that much higher for the rest of the run.
-    A no-op where glibc is not the C library.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def calibration_chunks(model, tokenizer, needed: bool, calibration: str, nsamples: int, seqlen: int, seed: int,
-                       batch_size: int | None, calibration_ids: torch.Tensor | None = None):
-    """(chunks or None, nsamples, seqlen): the calibration windows, split into the chunks fed per pass.
-
-    ``seqlen`` is capped at the model's limit; given ``calibration_ids`` set both sizes.
-    """
-    if not needed:
-        return None, nsamples, seqlen
-    limit = model_max_length(model)
-    if limit and seqlen > limit:
-        seqlen = limit
-    if calibration_ids is None:
-        if tokenizer is None:
-            raise LLMPruneError("a tokenizer is needed to build calibration windows")
-        calibration_ids = calibration_batch(tokenizer, calibration, nsamples, seqlen, seed)
-        return_freed_memory()
-    nsamples, seqlen = calibration_ids.shape
-    count = _chunk_count(model, nsamples, seqlen, batch_size)
-    return list(torch.tensor_split(calibration_ids, count)), nsamples, seqlen
-
-
-def prune(
-    model,
-    tokenizer=None,
-    method: str = "wanda",
-    sparsity: float | None = None,
-    pattern: str | None = None,
-    calibration: str = "wikipedia",
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    seed: int = 0,
-    targets: list[str] | None = None,
-    ignore: list[str] | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    calibration_ids: torch.Tensor | None = None,
-    progress: bool = True,
-    owl: bool = False,
-    owl_m: float = 5.0,
-    owl_lambda: float = 0.08,
-    **method_options,
-) -> dict:
+def prune(model, tokenizer=None, options: PruneOptions | None = None, *, calibration_ids: torch.Tensor | None = None,
+          **overrides) -> dict:
     """Prune ``model`` in place, block by block, and return the report.
 
     Give ``sparsity`` (a fraction in [0, 1)) or ``pattern`` ("2:4"). Calibration windows
@@ -155,63 +80,45 @@ def prune(
     calibration windows into chunks; by default they go through each block in one pass
     when they fit in memory. ``owl=True`` gives each block its own sparsity from its outlier
     ratio (OWL: ``owl_m`` times the mean score counts as an outlier, sparsities within
-    ``sparsity +- owl_lambda``); the mean over pruned weights stays ``sparsity``.
+    ``sparsity +- owl_lambda``); the mean over pruned weights stays ``sparsity``. Keywords that
+    are not options go to the method (e.g. SparseGPT's ``blocksize``). See ``PruneOptions``.
     """
-    target = SparsityTarget.parse(sparsity, pattern)
-    check_owl_options(target, owl, owl_m, owl_lambda)
-    pruning_method = get_method(method, **method_options)
-    device = resolve_device(device)
-    started = time.perf_counter()
-    source = "given token ids" if calibration_ids is not None else calibration
-    chunks, nsamples, seqlen = calibration_chunks(
-        model, tokenizer, pruning_method.needs_calibration or owl, calibration, nsamples, seqlen, seed, batch_size, calibration_ids,
-    )
-    was_training = model.training
-    model.eval()
-    owl_report, block_targets, inputs = None, None, None
-    if owl:
-        inputs = capture_block_inputs(model, chunks, device)
-        ratios = measure_outlier_ratios(model, chunks, owl_m, device, targets, ignore, progress, inputs=copy_inputs(inputs))
-        owl_report, block_targets = owl_allocation(model, ratios, target, owl_m, owl_lambda, targets, ignore)
-    layers = prune_blocks(
-        model, pruning_method, target, chunks, device, targets, ignore, progress,
-        block_targets=block_targets, inputs=inputs if pruning_method.needs_calibration else None,
-    )
-    model.train(was_training)
-    if not layers:
-        raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
-    report = prune_report(model, pruning_method, target, layers, source, nsamples, seqlen, seed, chunks, targets, ignore, started)
-    if owl_report is not None:
-        report["owl"] = owl_report
-    return report
+    options = with_overrides(options, **overrides)
+    options.validate()
+    return _prune_with(model, tokenizer, InMemory(), options, calibration_ids)
 
 
-def prune_report(model, pruning_method, target: SparsityTarget, layers: dict[str, float], source, nsamples: int, seqlen: int,
-                 seed: int, chunks, targets, ignore, started: float) -> dict:
-    """The report of a run (in memory or streaming): what was asked, what came out, what it cost."""
-    modules = dict(model.named_modules())
-    total = sum(modules[name].weight.numel() for name in layers)
-    zeros = sum(sparsity_ * modules[name].weight.numel() for name, sparsity_ in layers.items())
-    return {
-        "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
-        "method": pruning_method.name,
-        "pattern": target.pattern,
-        "target_sparsity": target.sparsity,
-        "total_sparsity": zeros / total,
-        "calibration": {
-            "source": source if pruning_method.needs_calibration else None,
-            "nsamples": nsamples if pruning_method.needs_calibration else 0,
-            "seqlen": seqlen if pruning_method.needs_calibration else 0,
-            "seed": seed,
-            "chunks": len(chunks) if chunks else 0,
-        },
-        "targets": targets,
-        "ignore": ignore,
-        "prune_seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "versions": versions(),
-        "layers": layers,
-    }
+def prune_folder(spec: str, output: str | Path, options: PruneOptions | None = None, *, dtype: str | None = None,
+                 overwrite: bool = False, calibration_ids: torch.Tensor | None = None, extra_report: dict | None = None,
+                 **overrides) -> dict:
+    """Prune the safetensors model ``spec`` block by block from disk into the folder ``output``.
+
+    The model is never in memory whole (about one block is); the folder equals, byte for byte, what
+    ``prune`` followed by ``save_pretrained`` writes. Returns the report (also written to the folder).
+    """
+    from .io.streaming import StreamedModel, streaming_output
+
+    options = with_overrides(options, **overrides)
+    options.validate()
+    destination = check_output_dir(output, overwrite)
+    torch_dtype = resolve_dtype(dtype, resolve_device(options.device))
+    streamed = StreamedModel(str(spec), torch_dtype)
+    check_free_space(destination.absolute().parent, int(streamed.output_bytes() * 1.02) + 2**20)
+    reports: list[dict] = []
+
+    def fill(tmp: Path) -> None:
+        report = _prune_with(streamed.model, streamed.tokenizer, streamed.open(tmp), options, calibration_ids)
+        streamed.finish(tmp)
+        report["model"] = str(spec)
+        report["streaming"] = {"input_bytes": streamed.checkpoint.size_bytes(), "output_bytes": streamed.output_bytes()}
+        report.update(extra_report or {})
+        report["output"] = str(destination)
+        write_report(tmp, report)
+        reports.append(report)
+
+    with streaming_output(destination, overwrite):
+        write_folder_atomically(destination, fill, overwrite=overwrite)
+    return reports[0]
 
 
 def save_pretrained(model, tokenizer, output_dir: str | Path, report: dict | None = None, overwrite: bool = False, **options) -> Path:
@@ -219,125 +126,81 @@ def save_pretrained(model, tokenizer, output_dir: str | Path, report: dict | Non
     return save_pruned_model(model, tokenizer, output_dir, report, overwrite=overwrite, **options)
 
 
-def _wikipedia_ppl(model, tokenizer, config) -> float:
+def _wikipedia_ppl(model, tokenizer, options: RunOptions) -> float:
     from .evaluate.perplexity import perplexity
 
     result = perplexity(
-        model, tokenizer, source="wikipedia", split="test", seqlen=config.eval_seqlen,
-        max_windows=config.eval_windows, progress=config.progress,
+        model, tokenizer, source="wikipedia", split="test", seqlen=options.eval_seqlen,
+        max_windows=options.eval_windows, progress=options.progress,
     )
     return result.ppl
 
 
-def run_prune(config) -> dict:
+def run_prune(options: RunOptions) -> dict:
     """The whole job of the ``llmprune`` command: load, (evaluate), prune, (evaluate), save, (push).
 
     Every input is checked before the model is loaded, so bad input costs nothing and writes nothing.
     """
-    from .io.writer import check_output_dir
+    from .data import load_text
 
-    sparsity = config.sparsity if (config.sparsity is not None or config.pattern) else 0.5
-    check_owl_options(SparsityTarget.parse(sparsity, config.pattern), config.owl, config.owl_m, config.owl_lambda)
-    get_method(config.method, **config.method_options)
-    if config.output:
-        check_output_dir(config.output, config.overwrite)
-    if config.push_to_hub and not config.output:
-        raise LLMPruneError("--push-to-hub needs --output (the folder that is uploaded)")
-    if config.save_format not in ("dense", "sparse"):
-        raise LLMPruneError(f"unknown save format '{config.save_format}' (use dense or sparse)")
-
-    load_text(config.calibration, split="train")  # a missing or unreadable source fails before the model loads
-    if config.tasks:
+    options.validate()
+    if options.output:
+        check_output_dir(options.output, options.overwrite)
+    load_text(options.calibration, split="train")  # a missing or unreadable source fails before the model loads
+    if options.tasks:
         from .evaluate.harness import parse_tasks, prepare_tasks
 
-        prepare_tasks(parse_tasks(config.tasks), config.num_fewshot, config.limit)  # a misspelt task fails now
-    if config.stream or _auto_stream(config):
-        report = _run_streaming(config, sparsity)
+        prepare_tasks(parse_tasks(options.tasks), options.num_fewshot, options.limit)  # a misspelt task fails now
+    if options.stream or _auto_stream(options):
+        report = prune_folder(options.model, options.output, options.prune_options(), dtype=options.dtype,
+                              overwrite=options.overwrite)
     else:
-        report = _run_in_memory(config, sparsity)
-    if config.report:
-        write_report_file(config.report, report)
-    if config.push_to_hub:
+        report = _run_in_memory(options)
+    if options.report:
+        write_report_file(options.report, report)
+    if options.push_to_hub:
         from .io.hub import push_folder
 
-        report["pushed_to"] = push_folder(report["output"], config.push_to_hub)
+        report["pushed_to"] = push_folder(report["output"], options.push_to_hub)
     return report
 
 
-def _auto_stream(config) -> bool:
+def _auto_stream(options: RunOptions) -> bool:
     """A model larger than the free memory is streamed when nothing needs it whole."""
-    from .streaming import should_stream
+    from .io.streaming import should_stream
 
-    if not config.output or config.eval_ppl or config.ppl or config.tasks or config.save_format != "dense":
+    if not options.output or options.evaluates() or options.save_format != "dense":
         return False
-    if should_stream(config.model, config.dtype, config.device):
+    if should_stream(options.model, options.dtype, options.device):
         print("llmprune: the model does not fit in the free memory; streaming it block by block (--stream)", flush=True)
         return True
     return False
 
 
-def _run_streaming(config, sparsity) -> dict:
-    from .streaming import prune_streaming
-
-    if not config.output:
-        raise LLMPruneError("--stream writes each pruned block straight to disk; give --output")
-    if config.eval_ppl or config.ppl or config.tasks:
-        raise LLMPruneError("evaluation needs the whole model in memory; run `llmprune eval` on the output folder after --stream")
-    if config.save_format != "dense":
-        raise LLMPruneError("--stream writes dense safetensors only; drop --save-format sparse")
-    return prune_streaming(
-        config.model, config.output, method=config.method, sparsity=sparsity, pattern=config.pattern,
-        calibration=config.calibration, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
-        targets=config.targets, ignore=config.ignore, dtype=config.dtype, device=config.device,
-        batch_size=config.batch_size, overwrite=config.overwrite, progress=config.progress,
-        owl=config.owl, owl_m=config.owl_m, owl_lambda=config.owl_lambda, **config.method_options,
-    )
-
-
-def _run_in_memory(config, sparsity) -> dict:
-    from .io.writer import check_free_space, model_bytes
-
-    model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
-    if config.output:
-        check_free_space(Path(config.output).expanduser().absolute().parent, model_bytes(model))
+def _run_in_memory(options: RunOptions) -> dict:
+    model, tokenizer = load_model(options.model, dtype=options.dtype, device=options.device)
+    if options.output:
+        check_free_space(Path(options.output).expanduser().absolute().parent, model_bytes(model))
     evaluation = {}
-    if config.eval_ppl:
-        evaluation["ppl_before"] = _wikipedia_ppl(model, tokenizer, config)
-    report = prune(
-        model, tokenizer, method=config.method, sparsity=sparsity, pattern=config.pattern,
-        calibration=config.calibration, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
-        targets=config.targets, ignore=config.ignore, device=config.device, batch_size=config.batch_size,
-        progress=config.progress, owl=config.owl, owl_m=config.owl_m, owl_lambda=config.owl_lambda,
-        **config.method_options,
-    )
-    report["model"] = config.model
-    if config.eval_ppl:
-        evaluation["ppl_after"] = _wikipedia_ppl(model, tokenizer, config)
-        evaluation.update({"dataset": "wikipedia:test", "seqlen": config.eval_seqlen, "windows": config.eval_windows})
-    if config.ppl or config.tasks:
+    if options.eval_ppl:
+        evaluation["ppl_before"] = _wikipedia_ppl(model, tokenizer, options)
+    report = prune(model, tokenizer, options.prune_options())
+    report["model"] = options.model
+    if options.eval_ppl:
+        evaluation["ppl_after"] = _wikipedia_ppl(model, tokenizer, options)
+        evaluation.update({"dataset": "wikipedia:test", "seqlen": options.eval_seqlen, "windows": options.eval_windows})
+    if options.ppl or options.tasks:
         from .evaluate import evaluate
 
         evaluation["results"] = evaluate(
-            model, tokenizer, ppl=config.ppl, tasks=config.tasks, seqlen=config.eval_seqlen,
-            max_windows=config.eval_windows, batch_size=config.eval_batch_size or 4,
-            num_fewshot=config.num_fewshot, progress=config.progress,
-            limit=int(config.limit) if config.limit and config.limit >= 1 else config.limit,  # lm-eval: float = fraction
+            model, tokenizer, ppl=options.ppl, tasks=options.tasks, seqlen=options.eval_seqlen,
+            max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4,
+            num_fewshot=options.num_fewshot, progress=options.progress,
+            limit=int(options.limit) if options.limit and options.limit >= 1 else options.limit,  # lm-eval: float = fraction
         )
     if evaluation:
         report["eval"] = evaluation
-    if config.output:
-        options = {"save_format": config.save_format} if config.save_format != "dense" else {}
-        report["output"] = str(save_pretrained(model, tokenizer, config.output, report, overwrite=config.overwrite, **options))
+    if options.output:
+        extra = {"save_format": options.save_format} if options.save_format != "dense" else {}
+        report["output"] = str(save_pretrained(model, tokenizer, options.output, report, overwrite=options.overwrite, **extra))
     return report
-
-
-def write_report_file(path: str | Path, report: dict) -> Path:
-    import json
-    import os
-
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
-    return target

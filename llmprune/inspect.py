@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .anatomy import stores_transposed
 from .errors import LLMPruneError
 from .io.sparse import bitmask_bytes, iter_dense_tensors, nm_violations, sparsity_config, weight_files
 from .io.writer import REPORT_NAME
@@ -83,6 +84,13 @@ def _compressed_modules(folder: Path) -> set[str]:
     return names
 
 
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
 def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
     """Count parameters and non-zeros per 2-D weight, check ``pattern`` on the linear ones."""
     folder = Path(folder).expanduser()
@@ -95,6 +103,8 @@ def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
     info.bytes_on_disk = sum(path.stat().st_size for path in weight_files(folder))
     compressed = _compressed_modules(folder)
     compressed_label = layout if sparse_config else "compressed"
+    # A family that stores its weights (inputs x outputs) has its N:M groups along the first axis.
+    transposed = stores_transposed(_model_type(folder))
     for name, tensor in iter_dense_tensors(folder):
         params = tensor.numel()
         nonzeros = int(tensor.count_nonzero())
@@ -119,7 +129,7 @@ def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
                 params=params,
                 nonzeros=nonzeros,
                 sparsity=1 - nonzeros / params if params else 0.0,
-                nm_ok=(nm_violations(tensor, n, m) == 0) if is_linear else None,
+                nm_ok=(nm_violations(tensor.t().contiguous() if transposed else tensor, n, m) == 0) if is_linear else None,
                 stored=compressed_label if module in compressed else "dense",
             )
         )

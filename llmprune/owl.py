@@ -22,13 +22,12 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .engine import BlockInputs, capture_block_inputs, gather_block_statistics, prunable_weight_count
+from .anatomy import LayerSelection
+from .engine import BlockInputs, Lifecycle, gather_block_statistics, prunable_weight_count, propagate
 from .errors import LLMPruneError
 from .methods import SparsityTarget
 from .methods.wanda import Wanda
-from .models import find_blocks, weight_matrix
 
 
 # ---------------------------------------------------------------- measuring
@@ -45,40 +44,23 @@ def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
 
 
 @torch.no_grad()
-def block_outlier_ratio(
-    block: nn.Module,
-    inputs: list[BlockInputs],
-    m: float,
-    device: str | torch.device = "cpu",
-    targets: list[str] | None = None,
-    ignore: list[str] | None = None,
-) -> float:
+def block_outlier_ratio(block: nn.Module, inputs: list[BlockInputs], m: float, selection: LayerSelection = LayerSelection()) -> float:
     """OWL's outlier ratio of one dense block; each item's hidden states become the dense outputs."""
-    layers = gather_block_statistics(block, Wanda(), inputs, device, targets, ignore)
+    gathered, outputs = gather_block_statistics(block, Wanda(), inputs, selection)
+    propagate(inputs, outputs)
     scores = []
-    for layer, norms_squared in layers.values():
-        weight = weight_matrix(layer).float().abs()
-        scores.append(weight if norms_squared is None else weight * norms_squared.sqrt().unsqueeze(0))
+    for weight, norms_squared in gathered.values():
+        magnitudes = weight.matrix().float().abs()
+        scores.append(magnitudes if norms_squared is None else magnitudes * norms_squared.sqrt().unsqueeze(0))
     return outlier_ratio(scores, m)
 
 
-@torch.no_grad()
-def measure_outlier_ratios(
-    model: nn.Module,
-    chunks: list[torch.Tensor],
-    m: float = 5.0,
-    device: str | torch.device = "cpu",
-    targets: list[str] | None = None,
-    ignore: list[str] | None = None,
-    progress: bool = True,
-    inputs: list[BlockInputs] | None = None,
-) -> list[float]:
+def measure_outlier_ratios(lifecycle: Lifecycle, inputs: list[BlockInputs], m: float = 5.0,
+                           selection: LayerSelection = LayerSelection()) -> list[float]:
     """OWL's outlier ratio of every block of the dense model, calibration propagated through dense blocks."""
-    _, blocks = find_blocks(model)
-    if inputs is None:
-        inputs = capture_block_inputs(model, chunks, device)
-    bar = tqdm(blocks, desc="OWL outlier ratios", unit="block", disable=not progress)
-    return [block_outlier_ratio(block, inputs, m, device, targets, ignore) for block in bar]
+    ratios: list[float] = []
+    lifecycle.sweep("OWL outlier ratios", lambda index, block: ratios.append(block_outlier_ratio(block, inputs, m, selection)), write=False)
+    return ratios
 
 
 # ---------------------------------------------------------------- allocating
@@ -146,15 +128,25 @@ def check_owl_options(target: SparsityTarget, owl: bool, owl_m: float, owl_lambd
         raise LLMPruneError(f"--owl-lambda must be in [0, 1), got {owl_lambda}")
 
 
-def owl_allocation(model: nn.Module, ratios: list[float], target: SparsityTarget, owl_m: float, owl_lambda: float, targets=None, ignore=None):
-    """(report entry, per-block targets) from the blocks' outlier ratios; used by both run modes."""
-    _, blocks = find_blocks(model)
-    sizes = [prunable_weight_count(block, targets, ignore) for block in blocks]
-    block_sparsity = owl_sparsities(ratios, target.sparsity, owl_lambda, sizes)
-    entry = {
-        "m": owl_m,
-        "lambda": owl_lambda,
-        "outlier_ratios": [round(r, 6) for r in ratios],
-        "block_sparsity": [round(s, 6) for s in block_sparsity],
-    }
-    return entry, [SparsityTarget(sparsity=s) for s in block_sparsity]
+class OWL:
+    """The allocation the engine runs before pruning: measure every dense block, then allocate."""
+
+    name = "owl"
+
+    def __init__(self, m: float = 5.0, lam: float = 0.08):
+        self.m, self.lam = m, lam
+
+    def allocate(self, lifecycle: Lifecycle, dense_inputs: list[BlockInputs] | None, target: SparsityTarget,
+                 selection: LayerSelection) -> tuple[dict, list[SparsityTarget]]:
+        if dense_inputs is None:
+            raise LLMPruneError("OWL needs calibration data")
+        ratios = measure_outlier_ratios(lifecycle, dense_inputs, self.m, selection)
+        sizes = [prunable_weight_count(block, selection) for block in lifecycle.blocks]
+        block_sparsity = owl_sparsities(ratios, target.sparsity, self.lam, sizes)
+        entry = {
+            "m": self.m,
+            "lambda": self.lam,
+            "outlier_ratios": [round(r, 6) for r in ratios],
+            "block_sparsity": [round(s, 6) for s in block_sparsity],
+        }
+        return entry, [SparsityTarget(sparsity=s) for s in block_sparsity]

@@ -166,7 +166,7 @@ def test_reported_peak_memory_is_the_process_own_not_its_parents():
     ballast = bytearray(1024 * 2**20)  # 1 GiB resident in this (parent) process
     ballast[:: 4096] = b"x" * len(ballast[:: 4096])
     child = subprocess.run(
-        [sys.executable, "-c", "import llmprune.api as api; print(api.peak_rss_mb())"],
+        [sys.executable, "-c", "import llmprune.process as process; print(process.peak_rss_mb())"],
         capture_output=True, text=True, check=True,
     )
     del ballast

@@ -5,7 +5,7 @@ import torch
 from llmprune import data
 from llmprune.errors import LLMPruneError
 
-from conftest import tiny_tokenizer
+from tests.conftest import tiny_tokenizer
 
 
 def test_wikipedia_split_rule():

@@ -5,9 +5,17 @@ import transformers
 
 import llmprune
 from llmprune.errors import LLMPruneError
-from llmprune.models import find_blocks, prunable_layers, weight_matrix
+from llmprune.anatomy import find_blocks, prunable_weights
 
-from conftest import FAMILIES, random_calibration, tiny_model
+
+def prunable_layers(block):
+    return {name: weight.module for name, weight in prunable_weights(block).items()}
+
+
+def weight_matrix(module):
+    return module.weight.data.t() if type(module).__name__ == "Conv1D" else module.weight.data
+
+from tests.conftest import FAMILIES, random_calibration, tiny_model
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -104,13 +112,13 @@ def test_row_slices_give_the_same_result_as_the_whole_matrix(monkeypatch):
     """Wanda is handed big layers a slice of rows at a time; the result must not change."""
     from torch import nn
 
-    from llmprune import engine
-    from llmprune.engine import prune_layer_weights
+    from llmprune.anatomy import PrunableWeight
+    from llmprune.engine import pruning, prune_weight
     from llmprune.methods import SparsityTarget
     from llmprune.methods.wanda import Wanda
 
     ROWS_PER_SLICE = 100
-    monkeypatch.setattr(engine, "ELEMENTS_PER_SLICE", 32 * ROWS_PER_SLICE)
+    monkeypatch.setattr(pruning, "ELEMENTS_PER_SLICE", 32 * ROWS_PER_SLICE)
     torch.manual_seed(0)
     layer = nn.Linear(32, 2 * ROWS_PER_SLICE + 77, bias=False)
     stats = torch.rand(32) * 10
@@ -120,5 +128,5 @@ def test_row_slices_give_the_same_result_as_the_whole_matrix(monkeypatch):
         expected.masked_fill_(~result.keep, 0.0)
         sliced = nn.Linear(32, layer.out_features, bias=False)
         sliced.weight.data.copy_(layer.weight.data)
-        prune_layer_weights(sliced, Wanda(), stats, target)
+        prune_weight(PrunableWeight("layer", sliced), Wanda(), stats, target)
         assert torch.equal(sliced.weight.data, expected)

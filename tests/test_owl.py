@@ -6,7 +6,12 @@ import torch
 
 import llmprune
 from llmprune.errors import LLMPruneError
-from llmprune.models import find_blocks, prunable_layers
+from llmprune.anatomy import find_blocks, prunable_weights
+from llmprune.engine import Lifecycle, capture_block_inputs
+
+
+def prunable_layers(block):
+    return {name: weight.module for name, weight in prunable_weights(block).items()}
 from llmprune.owl import measure_outlier_ratios, outlier_ratio, owl_sparsities
 from tests.conftest import random_calibration, tiny_model
 
@@ -73,7 +78,7 @@ def test_outlier_ratio_counts_against_the_common_mean():
 def test_block_outlier_ratios_match_a_direct_dense_computation():
     model = tiny_model("llama")
     calibration = random_calibration()
-    got = measure_outlier_ratios(model, [calibration], m=3.0, progress=False)
+    got = measure_outlier_ratios(Lifecycle(model, progress=False), capture_block_inputs(model, [calibration], "cpu"), m=3.0)
     # Directly: run the dense model with hooks recording every linear layer's inputs.
     _, blocks = find_blocks(model)
     norms = {}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import llmprune
-from llmprune.api import calibration_batch
+from llmprune.calibration import calibration_batch
 from llmprune.evaluate.perplexity import perplexity
 
 pytestmark = pytest.mark.real

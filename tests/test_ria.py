@@ -93,11 +93,11 @@ def test_large_layers_are_pruned_whole_not_in_row_slices(monkeypatch):
     # Engines may slice row-separable methods; RIA's column sums and layer-wide group must see every row.
     from torch import nn
 
-    from llmprune import engine
-    from llmprune.engine import prune_layer_weights
+    from llmprune.anatomy import PrunableWeight
+    from llmprune.engine import pruning, prune_weight
 
     ROWS_PER_SLICE = 100
-    monkeypatch.setattr(engine, "ELEMENTS_PER_SLICE", 16 * ROWS_PER_SLICE)
+    monkeypatch.setattr(pruning, "ELEMENTS_PER_SLICE", 16 * ROWS_PER_SLICE)
 
     generator = torch.Generator().manual_seed(4)
     layer = nn.Linear(16, ROWS_PER_SLICE * 2 + 8, bias=False)
@@ -107,6 +107,6 @@ def test_large_layers_are_pruned_whole_not_in_row_slices(monkeypatch):
     original = layer.weight.detach().clone()
     stats = torch.rand(16, generator=generator) + 0.5
     method = get_method("ria")
-    prune_layer_weights(layer, method, stats, SparsityTarget.parse(0.5))
+    prune_weight(PrunableWeight("layer", layer), method, stats, SparsityTarget.parse(0.5))
     expected = method.prune(original.clone(), stats, SparsityTarget.parse(0.5)).keep
     assert torch.equal(layer.weight != 0, expected)

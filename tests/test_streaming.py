@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import llmprune
-from llmprune import streaming
 from llmprune.api import run_prune
-from llmprune.config import PruneConfig
+from llmprune.engine import lifecycle
+from llmprune.io import streaming
+from llmprune.options import RunOptions
 from llmprune.errors import LLMPruneError
 from tests.conftest import random_calibration, tiny_model, tiny_tokenizer
 
@@ -58,7 +59,7 @@ def test_streaming_writes_the_same_files(tmp_path, family, shard, options):
     source = _model_folder(tmp_path, family, shard)
     calibration = random_calibration()
     expected = _in_memory(source, tmp_path / "memory", calibration, **options)
-    report = streaming.prune_streaming(str(source), tmp_path / "stream", calibration_ids=calibration, progress=False, device="cpu", **options)
+    report = llmprune.prune_folder(str(source), tmp_path / "stream", calibration_ids=calibration, progress=False, device="cpu", **options)
     memory_files, stream_files = _files(tmp_path / "memory"), _files(tmp_path / "stream")
     assert sorted(memory_files) == sorted(stream_files)
     for name in memory_files:
@@ -77,7 +78,7 @@ def test_sharded_output_matches_save_pretrained(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "memory", max_shard_size="50KB")
     tokenizer.save_pretrained(tmp_path / "memory")
     monkeypatch.setattr(streaming, "MAX_SHARD_SIZE", "50KB")
-    streaming.prune_streaming(str(source), tmp_path / "stream", method="wanda", sparsity=0.5, calibration_ids=calibration, progress=False, device="cpu")
+    llmprune.prune_folder(str(source), tmp_path / "stream", method="wanda", sparsity=0.5, calibration_ids=calibration, progress=False, device="cpu")
     memory_files, stream_files = _files(tmp_path / "memory"), _files(tmp_path / "stream")
     assert "model.safetensors.index.json" in memory_files and len([n for n in memory_files if n.startswith("model-")]) > 2
     assert memory_files == stream_files
@@ -86,7 +87,7 @@ def test_sharded_output_matches_save_pretrained(tmp_path, monkeypatch):
 def test_streaming_never_holds_the_whole_model(tmp_path, monkeypatch):
     source = _model_folder(tmp_path, "llama")
     live_blocks = []
-    original = streaming.prune_block
+    original = lifecycle.prune_block
 
     def counting(block, *args, **kwargs):
         model_blocks = counting.blocks
@@ -95,13 +96,13 @@ def test_streaming_never_holds_the_whole_model(tmp_path, monkeypatch):
 
     def skeleton(folder, dtype):
         model = build(folder, dtype)
-        counting.blocks = llmprune.models.find_blocks(model)[1]
+        counting.blocks = llmprune.anatomy.find_blocks(model)[1]
         return model
 
     build = streaming.build_skeleton
     monkeypatch.setattr(streaming, "build_skeleton", skeleton)
-    monkeypatch.setattr(streaming, "prune_block", counting)
-    streaming.prune_streaming(str(source), tmp_path / "out", sparsity=0.5, calibration_ids=random_calibration(), progress=False, device="cpu")
+    monkeypatch.setattr(lifecycle, "prune_block", counting)
+    llmprune.prune_folder(str(source), tmp_path / "out", sparsity=0.5, calibration_ids=random_calibration(), progress=False, device="cpu")
     assert live_blocks == [1, 1]  # one block in memory at a time
 
 
@@ -109,16 +110,17 @@ KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     import torch
-    from llmprune import streaming
-    original = streaming.prune_block
+    import llmprune
+    from llmprune.engine import lifecycle
+    original = lifecycle.prune_block
     def slow(*args, **kwargs):
         result = original(*args, **kwargs)
         print("block pruned", flush=True)
         time.sleep(120)
         return result
-    streaming.prune_block = slow
+    lifecycle.prune_block = slow
     calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
-    streaming.prune_streaming(sys.argv[1], sys.argv[2], sparsity=0.5, calibration_ids=calibration, progress=False, device="cpu")
+    llmprune.prune_folder(sys.argv[1], sys.argv[2], sparsity=0.5, calibration_ids=calibration, progress=False, device="cpu")
     """
 )
 
@@ -149,7 +151,7 @@ def test_killed_runs_leave_no_output_and_a_rerun_succeeds(tmp_path):
     assert not any(p.name.startswith(".stopped.tmp-") for p in tmp_path.iterdir())  # a polite stop cleans up after itself
     assert any(p.name.startswith(".killed.tmp-") for p in tmp_path.iterdir())  # a hard kill cannot...
     output = tmp_path / "killed"
-    report = streaming.prune_streaming(str(source), output, sparsity=0.5, calibration_ids=random_calibration(), progress=False, device="cpu")
+    report = llmprune.prune_folder(str(source), output, sparsity=0.5, calibration_ids=random_calibration(), progress=False, device="cpu")
     assert report["total_sparsity"] == pytest.approx(0.5)
     assert not any(p.name.startswith(".killed.tmp-") for p in tmp_path.iterdir())  # ...so the re-run removes its folder
     reloaded = llmprune.load_model(str(output), device="cpu")[0]
@@ -164,25 +166,25 @@ def test_pickled_weights_and_gguf_are_refused(tmp_path):
         (pickled / name).write_bytes((source / name).read_bytes())
     torch.save(tiny_model("llama").state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(LLMPruneError, match=r"\.bin"):
-        streaming.prune_streaming(str(pickled), tmp_path / "o1", sparsity=0.5, calibration_ids=random_calibration(), progress=False)
+        llmprune.prune_folder(str(pickled), tmp_path / "o1", sparsity=0.5, calibration_ids=random_calibration(), progress=False)
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(LLMPruneError, match="GGUF"):
-        streaming.prune_streaming(str(gguf), tmp_path / "o2", sparsity=0.5, calibration_ids=random_calibration(), progress=False)
+        llmprune.prune_folder(str(gguf), tmp_path / "o2", sparsity=0.5, calibration_ids=random_calibration(), progress=False)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
 def test_stream_option_of_the_command(tmp_path, calibration_text):
     source = _model_folder(tmp_path, "llama")
     base = dict(model=str(source), method="wanda", sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16, progress=False, device="cpu")
-    report = run_prune(PruneConfig(**base, stream=True, output=str(tmp_path / "streamed")))
+    report = run_prune(RunOptions(**base, stream=True, output=str(tmp_path / "streamed")))
     assert "streaming" in report and (tmp_path / "streamed" / "model.safetensors").is_file()
-    run_prune(PruneConfig(**base, output=str(tmp_path / "memory")))
+    run_prune(RunOptions(**base, output=str(tmp_path / "memory")))
     assert _files(tmp_path / "streamed") == _files(tmp_path / "memory")
     with pytest.raises(LLMPruneError, match="--output"):
-        run_prune(PruneConfig(**base, stream=True))
+        run_prune(RunOptions(**base, stream=True))
     with pytest.raises(LLMPruneError, match="whole model in memory"):
-        run_prune(PruneConfig(**base, stream=True, eval_ppl=True, output=str(tmp_path / "x")))
+        run_prune(RunOptions(**base, stream=True, eval_ppl=True, output=str(tmp_path / "x")))
 
 
 def test_models_too_large_for_memory_are_streamed_automatically(tmp_path, monkeypatch, calibration_text):
@@ -195,6 +197,6 @@ def test_models_too_large_for_memory_are_streamed_automatically(tmp_path, monkey
     fake = psutil.virtual_memory()._replace(available=needed)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
     assert streaming.should_stream(str(source), None, "cpu")
-    report = run_prune(PruneConfig(model=str(source), sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16,
+    report = run_prune(RunOptions(model=str(source), sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16,
                                    progress=False, device="cpu", output=str(tmp_path / "auto")))
     assert "streaming" in report

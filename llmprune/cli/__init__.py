@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "push": "push",
     "imp": "imp",
     "glue": "glue",
+    "lth": "lth",
 }
 DEFAULT_COMMAND = "prune"
 

@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_causal_lm, resolve_device
+    from ..io.loading import load_causal_lm
+    from ..process import resolve_device
     from ..evaluate.run import evaluate, format_table, write_results
 
     options = eval_options(args)

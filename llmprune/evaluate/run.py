@@ -11,7 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..api import model_max_length, versions
+from ..anatomy import model_max_length
+from ..process import versions
 from ..errors import LLMPruneError
 from .harness import DEFAULT_BOOTSTRAP, parse_tasks, prepare_tasks, run_tasks
 from .perplexity import eval_windows, perplexity

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import LLMPruneError
 from ..io.loading import is_sparse_folder, load_pretrained
-from ..models import resolve_model_path
+from ..io.loading import resolve_model_path
 
 # Attribute paths (below the base model) of the encoder's layer list, by family.
 ENCODER_LAYER_PATHS = (

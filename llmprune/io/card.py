@@ -10,7 +10,7 @@ from .writer import REPORT_NAME
 
 CARD_NAME = "README.md"
 
-# Bundled aliases (see llmprune.models) and the hub repositories their weights came from,
+# Bundled aliases (see llmprune.io.loading) and the hub repositories their weights came from,
 # so the card can name a real base model rather than a local alias.
 ALIAS_SOURCES = {
     "llama": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -124,7 +124,9 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
     if sparse:
         lines += [
             f"The weights are stored in the compressed-tensors `{sparse.get('format')}` layout: zeros take "
-            "no space on disk. llmprune restores the dense weights exactly:",
+            "no space on disk. Stock `transformers` cannot load this folder (it asks for the compressed-tensors "
+            "package, whose current releases no longer read these layouts); llmprune restores the dense weights "
+            "exactly:",
             "",
             "```python",
             "from huggingface_hub import snapshot_download",

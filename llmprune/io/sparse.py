@@ -184,14 +184,18 @@ def bitmask_bytes(weight: torch.Tensor) -> int:
 
 
 def compress_state_dict(
-    state_dict: dict[str, torch.Tensor], targets: Iterable[str], structure: str = UNSTRUCTURED
+    state_dict: dict[str, torch.Tensor], targets: Iterable[str], structure: str = UNSTRUCTURED,
+    transposed: Iterable[str] = (),
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """(tensors to write, modules compressed, target modules left dense).
 
     ``targets`` are module names whose ``.weight`` should be compressed. Under the
     unstructured layout a weight that would not get smaller (a layer left dense) is
     stored as it is; under 2:4 every target must be 2:4 or the save is refused.
+    ``transposed`` modules store their weight (inputs x outputs), as GPT-2's Conv1D: they are
+    compressed as (outputs x inputs), so N:M groups run along the inputs as the layout means.
     """
+    transposed = set(transposed)
     if structure not in FORMAT_FOR_STRUCTURE:
         raise LLMPruneError(f"unknown sparsity structure '{structure}' (use {', '.join(FORMAT_FOR_STRUCTURE)})")
     wanted = {f"{t}.weight" for t in targets}
@@ -202,6 +206,8 @@ def compress_state_dict(
             out[key] = tensor
             continue
         module = key[: -len(".weight")]
+        if module in transposed:
+            tensor = tensor.t().contiguous()
         if structure == "2:4":
             out.update(compress_24(module, tensor))
             compressed.append(module)
@@ -211,7 +217,7 @@ def compress_state_dict(
                 out.update(parts)
                 compressed.append(module)
             else:  # a layer left dense would only grow by its bitmask
-                out[key] = tensor
+                out[key] = state_dict[key]
                 left_dense.append(module)
     return out, compressed, left_dense
 
@@ -296,13 +302,15 @@ def iter_dense_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]
             if suffix in PARTS:
                 parts_of.setdefault(stem, {})[suffix] = key
         compressed = {stem for stem, parts in parts_of.items() if "compressed" in parts and "bitmask" in parts}
+        transposed = set((sparsity_config(folder) or {}).get("transposed") or ())
         for key, handle in where.items():
             stem, _, suffix = key.rpartition(".")
             if stem not in compressed or suffix not in PARTS:
                 yield key, handle.get_tensor(key)
             elif suffix == "compressed":
                 parts = {part: where[k].get_tensor(k) for part, k in parts_of[stem].items()}
-                yield f"{stem}.weight", decompress(parts, stem)
+                dense = decompress(parts, stem)
+                yield f"{stem}.weight", dense.t().contiguous() if stem in transposed else dense
 
 
 def sparsity_config(folder_or_config: str | Path | dict) -> dict | None:
@@ -323,10 +331,15 @@ def sparsity_config(folder_or_config: str | Path | dict) -> dict | None:
     return quant.get("sparsity_config") or None
 
 
-def quantization_config(structure: str, global_sparsity: float, targets: list[str], ignore: list[str]) -> dict:
-    """The ``quantization_config`` entry announcing the sparse layout in config.json."""
+def quantization_config(structure: str, global_sparsity: float, targets: list[str], ignore: list[str],
+                        transposed: list[str] = ()) -> dict:
+    """The ``quantization_config`` entry announcing the sparse layout in config.json.
+
+    ``transposed`` (llmprune's own key, only when there are any) lists the modules compressed as the
+    transpose of their stored weight.
+    """
     fmt = FORMAT_FOR_STRUCTURE[structure]
-    return {
+    entry = {
         "quant_method": "compressed-tensors",
         "format": fmt,
         "sparsity_config": {
@@ -338,6 +351,9 @@ def quantization_config(structure: str, global_sparsity: float, targets: list[st
         },
         "config_groups": {},
     }
+    if transposed:
+        entry["sparsity_config"]["transposed"] = sorted(transposed)
+    return entry
 
 
 # --- whole models ----------------------------------------------------------------------------
@@ -362,7 +378,7 @@ def _untied_state_dict(model) -> dict[str, torch.Tensor]:
 
 def default_targets(model) -> list[str]:
     """Every linear layer inside the decoder blocks (what the pruning engine prunes by default)."""
-    from ..models import find_blocks, is_linear
+    from ..anatomy import find_blocks, is_linear
 
     prefix, blocks = find_blocks(model)
     return [
@@ -390,7 +406,7 @@ def save_sparse_model(
     The pruned layers are the report's ``layers`` when given, else every linear layer of
     the blocks. Returns the ``quantization_config`` written.
     """
-    from ..models import is_linear
+    from ..anatomy import is_linear, is_transposed
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -399,7 +415,8 @@ def save_sparse_model(
     modules = dict(model.named_modules())
     targets = [name for name in (report.get("layers") or {}) if name in modules] or default_targets(model)
     state_dict = _untied_state_dict(model)
-    tensors, compressed, left_dense = compress_state_dict(state_dict, targets, structure)
+    transposed = [name for name in targets if is_transposed(modules[name])]
+    tensors, compressed, left_dense = compress_state_dict(state_dict, targets, structure, transposed)
     if not compressed:
         raise LLMPruneError("no layer got smaller in the sparse format (is the model pruned?); save it dense instead")
     write_sharded(tensors, folder, max_shard_bytes)
@@ -415,7 +432,8 @@ def save_sparse_model(
         sparsity = 1 - nonzeros / total
     compressed_set = set(compressed)
     ignore = [name for name, module in modules.items() if is_linear(module) and name not in compressed_set]
-    quant = quantization_config(structure, sparsity, ["Linear"], ignore)
+    compressed_transposed = [name for name in transposed if name in compressed_set]
+    quant = quantization_config(structure, sparsity, ["Linear"], ignore, compressed_transposed)
 
     model.config.save_pretrained(folder)
     config_path = folder / "config.json"

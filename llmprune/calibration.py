@@ -1,0 +1,51 @@
+"""Calibration windows for a pruning run, split into the chunks fed through each block per pass."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .anatomy import model_max_length
+from .data import calibration_windows, load_text, tokenize_corpus
+from .errors import LLMPruneError
+from .process import return_freed_memory
+
+# Calibration batches above this many activation bytes per block are split into chunks
+# (two passes per block) instead of one fused pass.
+SINGLE_PASS_ACTIVATION_BUDGET = 6 * 2**30
+# Calibration text is tokenised in pieces of this many characters (bounded memory; see tokenize_corpus).
+CALIBRATION_PIECE_CHARS = 200_000
+
+
+def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128, seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
+    """``nsamples`` x ``seqlen`` token windows at random offsets in the source's train split."""
+    text = load_text(source, split="train")
+    return calibration_windows(tokenize_corpus(tokenizer, text, piece_chars=CALIBRATION_PIECE_CHARS), nsamples, seqlen, seed)
+
+
+def chunk_count(model: nn.Module, nsamples: int, seqlen: int, batch_size: int | None) -> int:
+    if batch_size:
+        return -(-nsamples // batch_size)
+    config = model.config
+    width = max(getattr(config, "intermediate_size", 0) or 0, getattr(config, "hidden_size", 0) or 0, 1)
+    # A block holds a handful of activations of the widest size at once.
+    per_sample = seqlen * width * 4 * 6
+    return max(1, -(-nsamples * per_sample // SINGLE_PASS_ACTIVATION_BUDGET))
+
+
+def calibration_chunks(model: nn.Module, tokenizer, source: str, nsamples: int, seqlen: int, seed: int,
+                       batch_size: int | None, calibration_ids: torch.Tensor | None = None) -> tuple[list[torch.Tensor], int, int]:
+    """(chunks, nsamples, seqlen): the calibration windows, split into the chunks fed per pass.
+
+    ``seqlen`` is capped at the model's limit; given ``calibration_ids`` set both sizes.
+    """
+    limit = model_max_length(model)
+    if limit and seqlen > limit:
+        seqlen = limit
+    if calibration_ids is None:
+        if tokenizer is None:
+            raise LLMPruneError("a tokenizer is needed to build calibration windows")
+        calibration_ids = calibration_batch(tokenizer, source, nsamples, seqlen, seed)
+        return_freed_memory()
+    nsamples, seqlen = calibration_ids.shape
+    count = chunk_count(model, nsamples, seqlen, batch_size)
+    return list(torch.tensor_split(calibration_ids, count)), nsamples, seqlen

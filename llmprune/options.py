@@ -1,0 +1,192 @@
+"""The options of a pruning job: the one place their defaults live.
+
+``PruneOptions`` says how to prune (the Python ``llmprune.prune`` takes it, or its fields as keywords);
+``RunOptions`` adds what the ``llmprune`` command does around it (which model, where to save, what to
+evaluate). The CLI's flags are generated from these fields (name, type, help and default), YAML recipes
+(``configs/*.yaml``) use the same names, and ``validate()`` checks a job once, before any work.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .anatomy import LayerSelection
+from .errors import LLMPruneError
+from .methods import METHODS, SparsityTarget, get_method
+
+DEFAULT_SPARSITY = 0.5
+SAVE_FORMATS = ("dense", "sparse")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def option(default: Any, help: str, group: str | None = None, **metadata: Any) -> Any:
+    """A dataclass field that also describes its command-line flag.
+
+    ``metadata``: ``flag`` (another spelling, e.g. ``--no-progress``), ``choices``, ``metavar``, ``shown``
+    (the default as ``--help`` should word it). ``llmprune.cli.dataclass_flags`` reads them.
+    """
+    metadata = {"help": help, "group": group, **metadata}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class PruneOptions:
+    """How to prune: method, target, which layers, calibration, allocation."""
+
+    method: str = option("wanda", f"pruning method: {', '.join(METHODS)}", "what to prune")
+    sparsity: float | None = option(None, "fraction of weights to remove in [0, 1)", "what to prune", shown=f"{DEFAULT_SPARSITY} unless --pattern")
+    pattern: str | None = option(None, "N:M semi-structured sparsity instead, e.g. 2:4 or 4:8", "what to prune")
+    targets: list[str] | None = option(None, "comma-separated layer names/globs to prune", "what to prune", shown="every linear layer in the blocks")
+    ignore: list[str] | None = option(None, "comma-separated layer names/globs to leave alone, e.g. 'mlp.down_proj' or 're:.*\\.0\\..*'", "what to prune")
+    owl: bool = option(False, "OWL: per-block sparsities from outlier ratios, mean = --sparsity (unstructured only)", "what to prune")
+    owl_m: float = option(5.0, "OWL: a score above M x the block's mean is an outlier", "what to prune")
+    owl_lambda: float = option(0.08, "OWL: block sparsities stay within sparsity +- lambda", "what to prune")
+    calibration: str = option("wikipedia", "wikipedia (bundled train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
+    nsamples: int = option(128, "calibration windows", "calibration")
+    seqlen: int = option(2048, "tokens per calibration window (capped at the model's limit)", "calibration")
+    seed: int = option(0, "seed for the window offsets", "calibration")
+    batch_size: int | None = option(None, "windows per forward chunk", "calibration", shown="all at once when they fit in memory")
+    device: str = option("auto", "cpu, cuda or auto; only the block being pruned sits on it", "hardware")
+    progress: bool = option(True, "hide progress bars", "output and evaluation", flag="--no-progress")
+    method_options: dict = option({}, "extra keyword arguments of the method (YAML and Python only)", "what to prune")
+
+    def target(self) -> SparsityTarget:
+        sparsity = self.sparsity if (self.sparsity is not None or self.pattern) else DEFAULT_SPARSITY
+        return SparsityTarget.parse(sparsity, self.pattern)
+
+    def selection(self) -> LayerSelection:
+        return LayerSelection.of(self.targets, self.ignore)
+
+    def pruning_method(self):
+        return get_method(self.method, **self.method_options)
+
+    def validate(self) -> None:
+        """Every check that needs no model: bad values fail here, before anything is loaded."""
+        from .owl import check_owl_options
+
+        target = self.target()
+        check_owl_options(target, self.owl, self.owl_m, self.owl_lambda)
+        self.pruning_method()
+        for name in ("nsamples", "seqlen"):
+            if int(getattr(self, name)) < 1:
+                raise LLMPruneError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise LLMPruneError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class RunOptions(PruneOptions):
+    """The ``llmprune`` command's job: load, (evaluate), prune, (evaluate), save, (push)."""
+
+    model: str = option("llama", "alias, model folder, .gguf file or hub id", "what to prune")
+    dtype: str | None = option(None, "weights dtype", "hardware", choices=DTYPE_CHOICES, shown="float32 on CPU, bfloat16 on GPU")
+    stream: bool = option(False, "stream the model from its safetensors one block at a time (automatic when it does not fit in memory)", "hardware")
+    output: str | None = option(None, "folder for the pruned model and llmprune_report.json", "output and evaluation")
+    overwrite: bool = option(False, "replace an existing output folder", "output and evaluation")
+    save_format: str = option("dense", "dense safetensors (loads anywhere) or compressed sparse (llmprune's loader reads it back)", "output and evaluation", choices=SAVE_FORMATS)
+    push_to_hub: str | None = option(None, "upload the output folder to the Hugging Face Hub afterwards", "output and evaluation", metavar="REPO_ID")
+    report: str | None = option(None, "also write the report JSON here (the only output when --output is not given)", "output and evaluation")
+    eval_ppl: bool = option(False, "perplexity on the bundled Wikipedia test split before and after", "output and evaluation")
+    eval_seqlen: int = option(512, "perplexity window length", "output and evaluation")
+    eval_windows: int | None = option(None, "at most this many perplexity windows", "output and evaluation", shown="all")
+    ppl: str | None = option(None, "after pruning: comma-separated perplexity sources (wikipedia, wikitext2, ptb, c4, a file)", "evaluation", metavar="SOURCES")
+    tasks: str | None = option(None, "after pruning: comma-separated lm-eval tasks (offline: wiki_ppl, rt_sentiment, wiki_topic)", "evaluation", metavar="T1,T2")
+    num_fewshot: int | None = option(None, "few-shot examples per lm-eval task", "evaluation", shown="the task's own")
+    limit: float | None = option(None, "at most this many documents per lm-eval task (below 1: a fraction)", "evaluation")
+    eval_batch_size: int | None = option(None, "windows / lm-eval requests per forward pass", "evaluation", shown="4")
+
+    def prune_options(self) -> PruneOptions:
+        return PruneOptions(**{f.name: getattr(self, f.name) for f in fields(PruneOptions)})
+
+    def evaluates(self) -> bool:
+        return bool(self.eval_ppl or self.ppl or self.tasks)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.save_format not in SAVE_FORMATS:
+            raise LLMPruneError(f"unknown save format '{self.save_format}' (use dense or sparse)")
+        if self.push_to_hub and not self.output:
+            raise LLMPruneError("--push-to-hub needs --output (the folder that is uploaded)")
+        if self.stream:
+            if not self.output:
+                raise LLMPruneError("--stream writes each pruned block straight to disk; give --output")
+            if self.evaluates():
+                raise LLMPruneError("evaluation needs the whole model in memory; run `llmprune eval` on the output folder after --stream")
+            if self.save_format != "dense":
+                raise LLMPruneError("--stream writes dense safetensors only; drop --save-format sparse")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "RunOptions":
+        """A recipe, with ``overrides`` (the flags given) replacing its keys and whatever they conflict with."""
+        return from_recipe(cls, path, **overrides)
+
+
+# A key given on the command line replaces these recipe keys too: a recipe's sparsity gives way to a
+# --pattern flag (and the other way round) instead of failing with "not both".
+CONFLICTS = {"pattern": ("sparsity",), "sparsity": ("pattern",)}
+
+
+def read_recipe(path: str | Path, cls: type) -> dict:
+    """The option: value pairs of a YAML recipe, keys as field names (``no-progress: true`` is
+    ``progress: false``), unknown keys refused."""
+    file = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise LLMPruneError(f"config file not found: {file}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise LLMPruneError(f"cannot read config {file}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise LLMPruneError(f"config {file} must be a mapping of option: value")
+    renamed = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name for f in fields(cls) if f.metadata.get("flag")}
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in renamed:  # a switch spelt as its flag: the flag flips the default
+            values[renamed[name]] = not value
+        else:
+            values[name] = value
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise LLMPruneError(f"config {file}: unknown option(s) {', '.join(unknown)}")
+    return values
+
+
+def merge_recipe(recipe: dict, overrides: dict) -> dict:
+    merged = dict(recipe)
+    for key, value in overrides.items():
+        for loser in CONFLICTS.get(key, ()):
+            if loser not in overrides:
+                merged.pop(loser, None)
+        merged[key] = value
+    return merged
+
+
+def from_recipe(cls: type, path: str | Path, **overrides):
+    """An options object: the class's defaults < the recipe at ``path`` < ``overrides`` (the flags typed)."""
+    return cls(**merge_recipe(read_recipe(path, cls), overrides))
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Field name -> default value of an options class."""
+    out = {}
+    for f in fields(cls):
+        out[f.name] = f.default_factory() if f.default is MISSING else f.default
+    return out
+
+
+def with_overrides(options: PruneOptions | None, cls: type = PruneOptions, **overrides) -> PruneOptions:
+    """``options`` (or the defaults) with keyword overrides; unknown keywords go to the method."""
+    base = options if options is not None else cls()
+    known = {f.name for f in fields(cls)}
+    method_options = dict(base.method_options)
+    method_options.update(overrides.pop("method_options", None) or {})
+    method_options.update({k: v for k, v in overrides.items() if k not in known})
+    return replace(base, **{k: v for k, v in overrides.items() if k in known}, method_options=method_options)
+
+
