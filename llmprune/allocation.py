@@ -66,3 +66,36 @@ def depth_ramp_allocation(target: SparsityTarget, step: float, sizes: Sequence[i
         "block_sparsity": [round(s, 6) for s in block_sparsity],
     }
     return entry, [SparsityTarget(sparsity=s) for s in block_sparsity]
+
+
+class DepthRamp:
+    """The depth ramp as an allocation the engine runs before pruning (no measuring sweep needed)."""
+
+    name = "depth_ramp"
+
+    def __init__(self, step: float):
+        self.step = step
+
+    def allocate(self, lifecycle, dense_inputs, target: SparsityTarget, selection) -> tuple[dict, list[SparsityTarget]]:
+        from .engine import prunable_weight_count
+
+        sizes = [prunable_weight_count(block, selection) for block in lifecycle.blocks]
+        return depth_ramp_allocation(target, self.step, sizes)
+
+
+# --allocation auto tries these, each pruned in full and scored on held-out calibration windows: OWL at
+# these lambdas, and ramps whose first and last blocks differ by these spreads (the step is
+# spread / (blocks - 1), so the grid means the same for a 12-block and an 80-block model).
+AUTO_OWL_LAMBDAS = (0.08, 0.15)
+AUTO_RAMP_SPREADS = (0.1, 0.2)
+
+
+def auto_candidates(blocks: int, owl_m: float) -> list[tuple[str, object | None]]:
+    """(label, allocation or None) for every candidate ``--allocation auto`` compares, uniform first."""
+    from .owl import OWL
+
+    candidates: list[tuple[str, object | None]] = [("uniform", None)]
+    candidates += [(f"owl lambda={lam}", OWL(owl_m, lam)) for lam in AUTO_OWL_LAMBDAS]
+    if blocks > 1:
+        candidates += [(f"depth ramp spread={spread}", DepthRamp(spread / (blocks - 1))) for spread in AUTO_RAMP_SPREADS]
+    return candidates

@@ -21,6 +21,7 @@ from .methods import METHODS, SparsityTarget, get_method
 DEFAULT_SPARSITY = 0.5
 SAVE_FORMATS = ("dense", "sparse")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+ALLOCATIONS = ("uniform", "owl", "ramp", "auto")
 
 
 def option(default: Any, help: str, group: str | None = None, **metadata: Any) -> Any:
@@ -44,7 +45,10 @@ class PruneOptions:
     pattern: str | None = option(None, "N:M semi-structured sparsity instead, e.g. 2:4 or 4:8", "what to prune")
     targets: list[str] | None = option(None, "comma-separated layer names/globs to prune", "what to prune", shown="every linear layer in the blocks")
     ignore: list[str] | None = option(None, "comma-separated layer names/globs to leave alone, e.g. 'mlp.down_proj' or 're:.*\\.0\\..*'", "what to prune")
-    owl: bool = option(False, "OWL: per-block sparsities from outlier ratios, mean = --sparsity (unstructured only)", "what to prune")
+    allocation: str = option("uniform", "per-block sparsities (unstructured only; the mean over pruned weights stays --sparsity): uniform; owl (outlier-weighted, see --owl-m/--owl-lambda); ramp (rising with depth by --ramp-step per block); auto (the best of uniform, OWL and ramps by the loss on held-out calibration windows, never the test split; in memory only, about six prunes)", "what to prune", choices=ALLOCATIONS)
+    owl: bool = option(False, "shorthand for --allocation owl", "what to prune")
+    ramp_step: float = option(0.005, "depth ramp: sparsity added per block of depth (negative prunes early blocks more)", "what to prune")
+    heldout_windows: int = option(8, "--allocation auto: held-out calibration windows (drawn from the train split with seed + 1) scoring the candidates", "what to prune")
     owl_m: float = option(5.0, "OWL: a score above M x the block's mean is an outlier", "what to prune")
     owl_lambda: float = option(0.08, "OWL: block sparsities stay within sparsity +- lambda", "what to prune")
     min_expert_tokens: int = option(ExpertPolicy.min_tokens, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
@@ -63,6 +67,9 @@ class PruneOptions:
         sparsity = self.sparsity if (self.sparsity is not None or self.pattern) else DEFAULT_SPARSITY
         return SparsityTarget.parse(sparsity, self.pattern)
 
+    def allocation_name(self) -> str:
+        return "owl" if self.owl and self.allocation == "uniform" else self.allocation
+
     def selection(self) -> LayerSelection:
         return LayerSelection.of(self.targets, self.ignore)
 
@@ -77,7 +84,17 @@ class PruneOptions:
         from .owl import check_owl_options
 
         target = self.target()
-        check_owl_options(target, self.owl, self.owl_m, self.owl_lambda)
+        allocation = self.allocation_name()
+        if allocation not in ALLOCATIONS:
+            raise LLMPruneError(f"unknown allocation '{self.allocation}' (use {', '.join(ALLOCATIONS)})")
+        if self.owl and self.allocation not in ("uniform", "owl"):
+            raise LLMPruneError(f"--owl and --allocation {self.allocation} ask for two allocations; give one")
+        check_owl_options(target, allocation == "owl", self.owl_m, self.owl_lambda)
+        if allocation in ("ramp", "auto") and target.semi_structured:
+            raise LLMPruneError(f"--allocation {allocation} gives blocks different sparsities, which an N:M pattern "
+                                f"({target.pattern}) cannot; use --sparsity")
+        if allocation == "auto" and self.heldout_windows < 1:
+            raise LLMPruneError(f"--heldout-windows must be at least 1, got {self.heldout_windows}")
         self.pruning_method()
         self.expert_policy().check()
         for name in ("nsamples", "seqlen"):

@@ -5,6 +5,7 @@ import pytest
 
 from llmprune.options import RunOptions
 from llmprune.errors import LLMPruneError
+from llmprune.methods import METHODS
 
 PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith(("imp-", "lth-")))
 
@@ -12,7 +13,7 @@ PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glo
 @pytest.mark.parametrize("recipe", PRUNE_RECIPES, ids=lambda p: p.name)
 def test_prune_recipes_load(recipe):
     config = RunOptions.from_yaml(recipe)
-    assert config.method in ("magnitude", "wanda", "sparsegpt", "ria")
+    assert config.method in METHODS
     assert (config.sparsity is None) != (config.pattern is None)
 
 
