@@ -26,6 +26,7 @@ train split (the README's protocol), so no task text overlaps calibration text.
 """
 from __future__ import annotations
 
+import bisect
 import bz2
 import csv
 import hashlib
@@ -173,8 +174,8 @@ def _pick_distractors(
 ) -> list[tuple[str, str]]:
     """Three (title, sentence) distractors: ``rank`` of them shorter than the answer, the rest longer.
 
-    ``shorter`` / ``longer`` are the other articles' answers nearest in length on each side, nearest
-    first. Fixing the answer's length rank (0 = shortest of the four) per document, and cycling it,
+    ``shorter`` / ``longer`` are the other articles' answers strictly shorter / longer, nearest in
+    length first. Fixing the answer's length rank (0 = shortest of the four) per document, and cycling it,
     means neither "pick the shortest" nor "pick the longest" beats chance. Within a side, a hash of
     the pair chooses, so documents of similar length do not all share the same distractors. A side
     that runs out (the extremes of the length range) is topped up from the other.
@@ -205,13 +206,15 @@ def _pick_distractors(
 def _wiki_next_split(split: str) -> list[dict]:
     items = _next_sentence_items(split)  # hash order: document k gets label k % 4
     by_length = sorted(range(len(items)), key=lambda i: (len(items[i][2]), _stable_order(items[i][0])))
-    place = {index: position for position, index in enumerate(by_length)}
+    sorted_lengths = [len(items[i][2]) for i in by_length]
     reach = NEXT_LENGTH_NEIGHBOURS  # enough on each side to survive duplicates and the hash pick
     out = []
     for k, (title, context, answer) in enumerate(items):
-        position = place[k]
-        shorter = [(items[i][0], items[i][2]) for i in reversed(by_length[max(0, position - reach) : position])]
-        longer = [(items[i][0], items[i][2]) for i in by_length[position + 1 : position + 1 + reach]]
+        # Strictly shorter and strictly longer answers only: with ties on either side, where a
+        # document's equal-length neighbours fell would follow its hash, and so its position k.
+        first, last = bisect.bisect_left(sorted_lengths, len(answer)), bisect.bisect_right(sorted_lengths, len(answer))
+        shorter = [(items[i][0], items[i][2]) for i in reversed(by_length[max(0, first - reach) : first])]
+        longer = [(items[i][0], items[i][2]) for i in by_length[last : last + reach]]
         label, rank = k % NEXT_CHOICES, (k // NEXT_CHOICES) % NEXT_CHOICES
         options = _pick_distractors(title, answer, context, shorter, longer, rank)
         options.sort(key=lambda item: _stable_order(f"{title}\n{item[0]}"))  # not by length: order says nothing
