@@ -175,8 +175,8 @@ def _pick_distractors(
     """Three (title, sentence) distractors: ``rank`` of them shorter than the answer, the rest longer.
 
     ``shorter`` / ``longer`` are the other articles' answers strictly shorter / longer, nearest in
-    length first. Fixing the answer's length rank (0 = shortest of the four) per document, and cycling it,
-    means neither "pick the shortest" nor "pick the longest" beats chance. Within a side, a hash of
+    length first. Fixing the answer's length rank (0 = shortest of the four) per document, and
+    cycling it, means neither "pick the shortest" nor "pick the longest" beats chance. Within a side, a hash of
     the pair chooses, so documents of similar length do not all share the same distractors. A side
     that runs out (the extremes of the length range) is topped up from the other.
     """
@@ -237,8 +237,8 @@ def lastword_passage(text: str) -> tuple[str, str] | None:
     """(context, last word) of the longest lead prefix of whole sentences, at most
     ``LASTWORD_MAX_CHARS`` long, whose final word already occurred earlier in it; None if none does.
 
-    The repetition is the LAMBADA-like part: the word is predictable from the passage, not from the
-    last sentence alone, so the task measures use of long context.
+    The repetition is the LAMBADA-like part: the passage itself makes the word predictable, so the
+    task rewards using the context (copying a name or term seen sentences before), not only grammar.
     """
     sentences = split_sentences(text)
     best = None
