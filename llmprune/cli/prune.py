@@ -18,7 +18,7 @@ EPILOG = """examples:
   llmprune --model llama --method sparsegpt --pattern 2:4 --nsamples 32 --seqlen 512 --output out/sgpt-24
   llmprune --model Qwen/Qwen3-0.6B --method wanda --pattern 4:8 --ignore 'mlp.down_proj' --output out/q3
   llmprune --config configs/llama-wanda-50.yaml --output out/recipe
-  llmprune --model llama --pattern 2:4 --ppl wikipedia --tasks rt_sentiment,wiki_topic --output out/l24
+  llmprune --model llama --pattern 2:4 --ppl wikipedia --tasks wiki_next,wiki_lastword --output out/l24
 
 models: an alias (llama = smollm2-135m, the bundled SmolLM2-135M-Instruct), a local model
 folder, a .gguf file, or a Hugging Face hub id (needs the network or a cached copy).
