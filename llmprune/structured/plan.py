@@ -5,7 +5,8 @@ by a stock config. The ratio is a fraction of the decoder blocks' parameters (em
 and the final norm are never touched). The units of a mix share the removal equally, each rounded
 to its own step (whole blocks; the same number of query heads in every key/value group, or whole
 key/value groups; MLP widths in multiples of ``multiple_of``); the last unit of the order blocks ->
-heads -> mlp takes up whatever the earlier roundings left.
+heads -> mlp takes up whatever the earlier roundings left. Blocks take an equal share of the total;
+heads, when not last, the same fraction of the attention's parameters as the ratio asks of the whole.
 
 ``multiple_of``: llama.cpp's k-quants need every matrix row length to be a multiple of 256, and
 wide matmuls run at full speed on multiples of 64 or more; a small model with an intermediate size
@@ -124,7 +125,10 @@ def make_plan(costs: UnitCosts, ratio: float, units: tuple[str, ...], multiple_o
             options = _head_options(costs)
             if not options:
                 raise LLMPruneError("this model has a single attention head: no heads can be removed")
-            per_block = wanted / kept_blocks
+            # Not last: attention loses the same fraction of its own parameters as asked of the whole
+            # (an equal share of the total would strip two thirds of a small model's query heads).
+            attention_params = costs.heads * costs.q_head_params + costs.kv_heads * costs.kv_head_params
+            per_block = wanted / kept_blocks if last else ratio * attention_params
             heads, kv_heads, cost = min(options, key=lambda option: abs(option[2] - per_block))
             removed += kept_blocks * cost
             step = min(option[2] for option in options) * kept_blocks / total

@@ -84,44 +84,60 @@ def lowest_units(unit_scores: torch.Tensor, n_remove: int, clusters: list[int] |
 
 
 def damped_inverse(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """(H + damp * mean(diag H) I)^-1 in float64 (the greedy updates below accumulate rounding)."""
+    """(H + damp * mean(diag H) I)^-1, through a Cholesky factorisation in float64 (H is symmetric
+    positive definite once damped; float64 because calibration Hessians span many magnitudes)."""
     h = hessian.double()
     jitter = damp * float(h.diagonal().mean().clamp_min(1e-12))
-    return torch.linalg.inv(h + jitter * torch.eye(h.shape[0], dtype=h.dtype, device=h.device))
+    factor = torch.linalg.cholesky(h + jitter * torch.eye(h.shape[0], dtype=h.dtype, device=h.device))
+    return torch.cholesky_inverse(factor)
+
+
+# The greedy choice removes this many rounds' worth of units at most: channels go in batches of
+# n_remove / ROUNDS (a joint update per batch), so its cost stays a few matrix products per round.
+ROUNDS = 32
 
 
 def greedy_second_order(weight: torch.Tensor, stats: InputStatistics, groups: list[list[int]], n_remove: int,
-                        clusters: list[int] | None = None, damp: float = 0.01) -> list[int]:
+                        clusters: list[int] | None = None, damp: float = 0.01, rounds: int = ROUNDS) -> list[int]:
     """Optimal-brain-surgeon choice of whole units with compensation (as ZipLM does).
 
     Removing unit S while the other inputs are re-fitted raises the layer's squared error by
-    tr(W_S (Hinv_SS)^-1 W_S^T); the cheapest unit is removed, W and Hinv are updated as if it were
-    gone, and the next one is chosen on the updated pair.
+    tr(W_S (Hinv_SS)^-1 W_S^T); the cheapest units are removed, W and Hinv are updated as if they were
+    gone, and the next ones are chosen on the updated pair. Single channels go in ``rounds`` batches
+    (one joint update each); multi-channel units (heads) one at a time, there are few of them.
     """
-    w = weight.double().clone()
-    hinv = damped_inverse(stats.hessian, damp)
+    # float32 throughout: the damped Hessian is well conditioned, and float64 doubles the cost of
+    # the full-size updates that dominate this function on a CPU.
+    hinv = damped_inverse(stats.hessian, damp).float()
+    w = weight.float().clone()
     alive = [True] * len(groups)
-    removed = []
+    removed: list[int] = []
     singletons = all(len(group) == 1 for group in groups)
-    for _ in range(n_remove):
-        eligible = _eligible(alive, clusters)
-        if singletons:
-            columns = torch.tensor([groups[i][0] for i in eligible])
-            costs = w[:, columns].pow(2).sum(0) / hinv.diagonal()[columns]
-            pick = eligible[int(costs.argmin())]
+    per_round = max(1, -(-n_remove // rounds)) if singletons and clusters is None else 1
+    column_of = torch.tensor([group[0] for group in groups]) if singletons else None
+    while len(removed) < n_remove:
+        take = min(per_round, n_remove - len(removed))
+        if singletons and clusters is None:
+            costs = w.pow(2).sum(0)[column_of] / hinv.diagonal()[column_of]
+            costs[~torch.tensor(alive)] = float("inf")
+            picks = [int(i) for i in torch.argsort(costs)[:take]]
         else:
+            eligible = _eligible(alive, clusters)
+
             def cost(i: int) -> float:
                 s = groups[i]
                 return float(torch.trace(w[:, s] @ torch.linalg.solve(hinv[s][:, s], w[:, s].t())))
 
-            pick = min(eligible, key=cost)
-        s = groups[pick]
+            picks = [min(eligible, key=cost)]
+        s = torch.tensor([c for i in picks for c in groups[i]])
         block_inverse = torch.linalg.inv(hinv[s][:, s])
-        w -= w[:, s] @ block_inverse @ hinv[s, :]
-        hinv -= hinv[:, s] @ block_inverse @ hinv[s, :]
+        rows = hinv[s, :]
+        w.sub_((w[:, s] @ block_inverse) @ rows)
+        hinv.sub_(hinv[:, s] @ (block_inverse @ rows))
         w[:, s] = 0.0
-        alive[pick] = False
-        removed.append(pick)
+        for i in picks:
+            alive[i] = False
+        removed.extend(picks)
     return sorted(removed)
 
 
