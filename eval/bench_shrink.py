@@ -169,6 +169,23 @@ def peer_shrink(args, calibration: Path, ratio: float, importance: str, work: Pa
     return str(folder)
 
 
+def measure_speed(result: dict, rows: list[dict], args, work: Path) -> None:
+    """Speed (one process, models taking turns) and peak memory (a process each) of dense and the chosen recipes."""
+    chosen = set(args.speed_recipes) if args.speed_recipes else None
+    folders = {"dense": rows[0]["folder"]}
+    for row in rows[1:]:
+        if (chosen is None or row["recipe"] in chosen) and Path(row.get("folder", "")).is_dir():
+            folders[_label(row)] = row["folder"]
+    result["speed_settings"] = {"dtypes": args.dtypes, "repeats": args.repeats, "prefill_len": args.prefill_len,
+                                "decode_tokens": args.decode_tokens, "threads": args.threads}
+    result["speed"] = run_worker("speed", {"folders": folders, "threads": args.threads, "dtypes": split(args.dtypes),
+                                           "repeats": args.repeats, "prefill_len": args.prefill_len,
+                                           "decode_tokens": args.decode_tokens}, work)["rows"]
+    result["memory"] = {label: run_worker("memory", {"folder": folder, "threads": args.threads,
+                                                     "decode_tokens": args.decode_tokens}, work)["peak_rss_mb"]
+                        for label, folder in folders.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--peer-python", help="a Python with torch-pruning installed (its own venv)")
     parser.add_argument("--peer-importances", default="taylor,magnitude", help="torch-pruning importances to run")
+    parser.add_argument("--speed-from", metavar="JSON", help="skip the quality runs: measure speed and memory of the "
+                        "folders an earlier (perhaps interrupted) run of this script recorded in JSON, and rewrite its results")
     parser.add_argument("--output", default=str(RESULTS / "shrink"))
     args = parser.parse_args(argv)
     if args.worker:
@@ -208,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     base = {"model": args.model, "calibration": str(calibration), "threads": args.threads, "eval_windows": args.eval_windows,
             "tasks": args.tasks, "task_limit": args.task_limit, "multiple_of": args.multiple_of}
     started = time.time()
+    if args.speed_from:
+        result = json.loads(Path(args.speed_from).read_text())
+        result["speed_command"] = command
+        measure_speed(result, result["quality"], args, work)
+        result["speed_wall_seconds"] = round(time.time() - started)
+        write(result, Path(args.output))
+        return 0
     result = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "worker"}, "versions": versions(),
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
     rows = result["quality"] = [run_worker("quality", {**base, "recipe": "dense"}, work)]
@@ -226,17 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "peer_folder": folder, "save": folder}, work))
                 print(json.dumps(rows[-1]), flush=True)
     if not args.no_speed:
-        chosen = set(args.speed_recipes) if args.speed_recipes else None
-        folders = {"dense": str(dense_folder)}
-        for row in rows[1:]:
-            if chosen is None or row["recipe"] in chosen:
-                folders[f"{row['recipe']} @ {row['ratio']}"] = row["folder"]
-        result["speed"] = run_worker("speed", {"folders": folders, "threads": args.threads, "dtypes": split(args.dtypes),
-                                               "repeats": args.repeats, "prefill_len": args.prefill_len,
-                                               "decode_tokens": args.decode_tokens}, work)["rows"]
-        result["memory"] = {label: run_worker("memory", {"folder": folder, "threads": args.threads,
-                                                         "decode_tokens": args.decode_tokens}, work)["peak_rss_mb"]
-                            for label, folder in folders.items()}
+        measure_speed(result, rows, args, work)
     result["wall_seconds"] = round(time.time() - started)
     write(result, Path(args.output))
     return 0
@@ -257,7 +273,7 @@ def write(result: dict, out: Path) -> None:
     tasks = split(s["tasks"]) if s["task_limit"] else []
     lines = ["# Structured pruning (llmprune shrink) on the bundled SmolLM2-135M", "", f"Command: `{result['command']}`", "",
              f"Started {result['started']}, {result['wall_seconds']} s in all, on this project's shared 2-CPU machine "
-             f"(other jobs were running, so absolute times are noisy; speeds are the best of {s['repeats']} interleaved repeats). "
+             f"(other jobs were running, so absolute times are noisy; speeds are the best of {result.get('speed_settings', s)['repeats']} interleaved repeats). "
              f"Calibration {s['nsamples']} x {s['seqlen']} Wikipedia train tokens; perplexity over the first {s['eval_windows']} "
              f"512-token Wikipedia test windows; --multiple-of {s['multiple_of']}. Ratio = fraction of the decoder blocks' "
              "parameters removed.", "",
@@ -289,7 +305,7 @@ def write(result: dict, out: Path) -> None:
                          f"{row['decode_b1'] / ref['decode_b1']:.2f} | {result['memory'].get(row['model'], '-')} |")
         dense_params = dense["parameters"]
         lines += ["", "Memory: peak resident memory of a fresh process that loads the folder (float32) and generates "
-                  f"{s['decode_tokens']} tokens. Bytes removed vs memory saved:", ""]
+                  f"{result.get('speed_settings', s)['decode_tokens']} tokens. Bytes removed vs memory saved:", ""]
         for row in quality[1:]:
             label = _label(row)
             if label in result["memory"]:
@@ -297,6 +313,8 @@ def write(result: dict, out: Path) -> None:
                 saved = result["memory"]["dense"] - result["memory"][label]
                 lines.append(f"- {label}: {removed_mb:.0f} MiB of float32 parameters removed, peak {saved:.0f} MiB lower "
                              f"({saved / removed_mb:.0%} of the removed bytes)" if removed_mb > 0 else f"- {label}: nothing removed")
+    if result.get("speed_command"):
+        lines += ["", f"Speed and memory measured afterwards by `{result['speed_command']}`."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(result, out.with_suffix(".png"))
 

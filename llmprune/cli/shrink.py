@@ -14,18 +14,18 @@ import argparse
 import json
 
 from ..structured.plan import UNITS
-from ..structured.run import BLOCK_SCORES, DEFAULT_MULTIPLE_OF, DEFAULT_SCORE, DEFAULT_UNITS
+from ..structured.run import BLOCK_SCORES, DEFAULT_DAMP, DEFAULT_MULTIPLE_OF, DEFAULT_SCORE, DEFAULT_UNITS
 from ..structured.scores import SCORES
 from .evaluate import add_eval_arguments
 
 HELP = "structured pruning to a smaller dense model (MLP channels, heads, blocks)"
 EPILOG = """examples:
   llmprune shrink --model llama --ratio 0.25 --nsamples 32 --seqlen 512 --eval-ppl --eval-windows 64 --output out/llama-shrink-25
-  llmprune shrink --model llama --ratio 0.25 --units mlp,heads --score obs --output out/s
+  llmprune shrink --model llama --ratio 0.25 --units mlp,heads --score obs --output out/s      # slower greedy choice
   llmprune shrink --model Qwen/Qwen3-0.6B --ratio 0.2 --units mlp --multiple-of 256 --output out/q3   # GGUF k-quant friendly
 
-scores: magnitude (weights only), wanda (Wanda-sp), fluctuation (FLAP), hessian (||W_j||^2 H_jj),
-obs (greedy optimal brain surgeon on H, the default). Blocks: angular (ShortGPT block influence) or
+scores: magnitude (weights only), wanda (Wanda-sp), fluctuation (FLAP), hessian (||W_j||^2 H_jj, default),
+obs (greedy optimal brain surgeon on H). Default: hessian. Blocks: angular (ShortGPT block influence) or
 span (the contiguous run of blocks whose input and output are closest in angle).
 --multiple-of: llama.cpp's k-quants need widths in multiples of 256; a small model needs finer steps
 to reach a ratio closely. The report (llmprune_report.json) lists the removed units of every block.
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--block-score", default="angular", choices=BLOCK_SCORES, help="how blocks are ranked (default: angular)")
     what.add_argument("--multiple-of", type=int, default=DEFAULT_MULTIPLE_OF, help=f"MLP widths are multiples of this (default: {DEFAULT_MULTIPLE_OF}; 256 for llama.cpp k-quants)")
     what.add_argument("--no-compensate", dest="compensate", action="store_false", help="do not re-fit the consumers' kept columns by least squares")
-    what.add_argument("--damp", type=float, default=0.01, help="least-squares damping, a fraction of the Hessian's mean diagonal (default: 0.01)")
+    what.add_argument("--damp", type=float, default=DEFAULT_DAMP, help=f"least-squares damping, a fraction of the Hessian's mean diagonal (default: {DEFAULT_DAMP})")
     what.add_argument("--reconstruct", action="store_true", help="heal each block by reconstruction afterwards (not available yet)")
     data = parser.add_argument_group("calibration")
     data.add_argument("--calibration", default="wikipedia", help="wikipedia (default), a .txt/.jsonl/.json file, or a hub dataset")
