@@ -313,6 +313,8 @@ def write(result: dict, out: Path) -> None:
                 saved = result["memory"]["dense"] - result["memory"][label]
                 lines.append(f"- {label}: {removed_mb:.0f} MiB of float32 parameters removed, peak {saved:.0f} MiB lower "
                              f"({saved / removed_mb:.0%} of the removed bytes)" if removed_mb > 0 else f"- {label}: nothing removed")
+    if result.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     if result.get("speed_command"):
         lines += ["", f"Speed and memory measured afterwards by `{result['speed_command']}`."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")

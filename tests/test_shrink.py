@@ -113,7 +113,7 @@ def test_units_whose_weights_are_zero_are_removed_without_changing_outputs(famil
             consumer.weight.data[dead] = 0.0
     ids = random_calibration(2, 16, seed=5)
     expected = logits(model, ids)
-    report = shrink(model, ratio=0.25 * width * 0 + 0.1, units="mlp", score="magnitude", compensate=False,
+    report = shrink(model, ratio=0.1, units="mlp", score="magnitude", compensate=False,
                     multiple_of=width // 4, progress=False, device="cpu")
     assert report["kept"]["intermediate_size"] == width - len(dead)
     assert all(record["mlp_channels_removed"] == dead for record in report["blocks"].values())
@@ -287,3 +287,9 @@ def test_cli_shrinks_a_folder_and_inspect_and_eval_read_it(tiny_model_dir, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("llmprune: error: ratio must be in (0, 1)") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family, expected", [("llama", ["mlp", "heads"]), ("gpt2", ["mlp"])])
+def test_auto_units_take_heads_only_where_the_family_allows(family, expected):
+    report = shrink(build(family), ratio=0.25, multiple_of=8, calibration_ids=random_calibration(), progress=False, device="cpu")
+    assert sorted(report["units"]) == sorted(expected)

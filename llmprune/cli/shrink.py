@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to remove")
     what.add_argument("--model", default="llama", help="alias, model folder, .gguf file or hub id (default: llama)")
     what.add_argument("--ratio", type=float, required=True, help="fraction of the decoder blocks' parameters to remove, in (0, 1)")
-    what.add_argument("--units", default=",".join(DEFAULT_UNITS), help=f"comma-separated mix of {', '.join(UNITS)} (default: {','.join(DEFAULT_UNITS)})")
+    what.add_argument("--units", default=DEFAULT_UNITS, help=f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,heads where the family's heads are removable, else mlp (default: {DEFAULT_UNITS})")
     what.add_argument("--score", default=DEFAULT_SCORE, choices=SCORES, help=f"how channels and heads are ranked (default: {DEFAULT_SCORE})")
     what.add_argument("--block-score", default="angular", choices=BLOCK_SCORES, help="how blocks are ranked (default: angular)")
     what.add_argument("--multiple-of", type=int, default=DEFAULT_MULTIPLE_OF, help=f"MLP widths are multiples of this (default: {DEFAULT_MULTIPLE_OF}; 256 for llama.cpp k-quants)")

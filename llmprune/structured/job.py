@@ -21,7 +21,7 @@ def run_shrink(model: str = "llama", output: str | None = None, overwrite: bool 
     from ..data import load_text
     from ..io.writer import check_output_dir
 
-    check_shrink_options(None, shrink_options.get("ratio", 0.25), shrink_options.get("units", "mlp"),
+    check_shrink_options(None, shrink_options.get("ratio", 0.25), shrink_options.get("units", "auto"),
                          shrink_options.get("score", "obs"), shrink_options.get("block_score", "angular"),
                          shrink_options.get("reconstruct", False))
     if output:
@@ -33,7 +33,7 @@ def run_shrink(model: str = "llama", output: str | None = None, overwrite: bool 
 
         prepare_tasks(parse_tasks(tasks), num_fewshot, limit)
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
-    check_shrink_options(loaded, shrink_options.get("ratio", 0.25), shrink_options.get("units", "mlp"),
+    check_shrink_options(loaded, shrink_options.get("ratio", 0.25), shrink_options.get("units", "auto"),
                          shrink_options.get("score", "obs"), shrink_options.get("block_score", "angular"), False)
     evaluation: dict = {}
 
