@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "decompress": "decompress",
     "push": "push",
+    "shrink": "shrink",
     "imp": "imp",
     "glue": "glue",
     "lth": "lth",
