@@ -58,7 +58,8 @@ def quality_worker(spec: dict) -> dict:
     import torch
 
     import llmprune
-    from llmprune.api import peak_rss_mb, save_pretrained
+    from llmprune.api import save_pretrained
+    from llmprune.process import peak_rss_mb
     from llmprune.evaluate import evaluate
     from llmprune.structured import shrink
 
@@ -105,7 +106,7 @@ def memory_worker(spec: dict) -> dict:
     import torch
     import transformers
 
-    from llmprune.api import peak_rss_mb
+    from llmprune.process import peak_rss_mb
 
     torch.set_num_threads(spec["threads"])
     model = transformers.AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=torch.float32).eval()
@@ -156,7 +157,7 @@ def run_worker(kind: str, spec: dict, work: Path) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 
 def resolve_folder(spec: str) -> str:
-    from llmprune.models import resolve_model_path
+    from llmprune.io.loading import resolve_model_path
 
     return resolve_model_path(spec)
 
@@ -216,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(out_path).write_text(json.dumps(WORKERS[kind](json.loads(Path(spec_path).read_text()))))
         return 0
 
-    from llmprune.api import calibration_batch, versions
-    from llmprune.models import load_causal_lm, resolve_model_path
+    from llmprune.calibration import calibration_batch
+    from llmprune.process import versions
+    from llmprune.io.loading import load_causal_lm, resolve_model_path
 
     command = "python eval/bench_shrink.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     work = Path(tempfile.mkdtemp(prefix="bench-shrink-"))

@@ -38,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = args.model
     if folder is None:
-        from llmprune.models import resolve_model_path
+        from llmprune.io.loading import resolve_model_path
 
         folder = resolve_model_path("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")

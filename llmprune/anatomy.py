@@ -345,6 +345,11 @@ def stores_experts_transposed(model_type: str | None) -> bool:
     return (model_type or "") in TRANSPOSED_EXPERT_FAMILIES
 
 
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """A linear layer's weight as (outputs, inputs), a view of the stored tensor whatever its convention."""
+    return module.weight.data.t() if is_transposed(module) else module.weight.data
+
+
 def model_max_length(model: nn.Module) -> int | None:
     config = model.config
     for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

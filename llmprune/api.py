@@ -25,6 +25,8 @@ from .allocation import DepthRamp, auto_candidates
 from .owl import OWL
 from .process import resolve_device, resolve_dtype
 from .report import coverage_warning, prune_report
+from .structured.job import run_shrink  # noqa: F401  (the `llmprune shrink` job)
+from .structured.run import shrink  # noqa: F401  (public: llmprune.shrink)
 
 
 def load_model(spec: str, dtype: str | None = None, device: str = "auto"):

@@ -10,7 +10,7 @@ import transformers
 from conftest import FAMILIES, random_calibration, tiny_model, tiny_tokenizer
 from llmprune.cli import main
 from llmprune.errors import LLMPruneError
-from llmprune.models import find_blocks, weight_matrix
+from llmprune.anatomy import find_blocks, weight_matrix
 from llmprune.structured import shrink
 from llmprune.structured.layouts import attention_sizes, layout_for
 from llmprune.structured.plan import make_plan, unit_costs

@@ -82,7 +82,7 @@ def print_summary(report: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..structured.job import run_shrink
+    from ..api import run_shrink
 
     options = {key: value for key, value in vars(args).items() if not key.startswith("_")}
     options["report_path"] = options.pop("report")

@@ -17,9 +17,10 @@ def run_shrink(model: str = "llama", output: str | None = None, overwrite: bool 
                ppl: str | None = None, tasks: str | None = None, num_fewshot: int | None = None, limit: float | None = None,
                eval_batch_size: int | None = None, report_path: str | None = None, progress: bool = True, **shrink_options) -> dict:
     """Returns the report; with ``output`` the shrunk model is saved there as a stock folder."""
-    from ..api import load_model, save_pretrained, write_report_file
     from ..data import load_text
-    from ..io.writer import check_output_dir
+    from ..io.atomic import check_output_dir
+    from ..io.loading import load_causal_lm
+    from ..io.writer import save_pruned_model, write_report_file
 
     check_shrink_options(None, shrink_options.get("ratio", 0.25), shrink_options.get("units", "auto"),
                          shrink_options.get("score", "obs"), shrink_options.get("block_score", "angular"),
@@ -32,7 +33,7 @@ def run_shrink(model: str = "llama", output: str | None = None, overwrite: bool 
         from ..evaluate.harness import parse_tasks, prepare_tasks
 
         prepare_tasks(parse_tasks(tasks), num_fewshot, limit)
-    loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    loaded, tokenizer, _ = load_causal_lm(model, dtype=dtype, device=device)
     check_shrink_options(loaded, shrink_options.get("ratio", 0.25), shrink_options.get("units", "auto"),
                          shrink_options.get("score", "obs"), shrink_options.get("block_score", "angular"), False)
     evaluation: dict = {}
@@ -62,10 +63,10 @@ def run_shrink(model: str = "llama", output: str | None = None, overwrite: bool 
         report["eval"] = evaluation
     if output:
         from ..io.writer import REPORT_NAME
-        from ..models import resolve_model_path
+        from ..io.loading import resolve_model_path
 
         report["file_bytes"] = {"before": folder_weight_bytes(resolve_model_path(model)) if Path(resolve_model_path(model)).is_dir() else None}
-        report["output"] = str(save_pretrained(loaded, tokenizer, output, report, overwrite=overwrite))
+        report["output"] = str(save_pruned_model(loaded, tokenizer, output, report, overwrite=overwrite))
         # The file size is known only once written; the report in the folder is replaced (atomically) to record it.
         report["file_bytes"]["after"] = folder_weight_bytes(report["output"])
         write_report_file(Path(report["output"]) / REPORT_NAME, report)

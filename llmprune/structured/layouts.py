@@ -7,7 +7,7 @@ and the layer that *consumes* it (its input columns), plus the config keys that 
 
 Storage conventions (checked against the transformers 5.24 sources):
 - ``nn.Linear`` stores (outputs, inputs); GPT-2's ``Conv1D`` stores (inputs, outputs): surgery
-  reads both through ``llmprune.models.weight_matrix`` so the table speaks of outputs and inputs only.
+  reads both through ``llmprune.anatomy.weight_matrix`` so the table speaks of outputs and inputs only.
 - Fused producers are split into equal pieces along their output axis: Phi-3 ``gate_up_proj`` is
   [gate; up] (``chunk(2)``), so channel j is row j of each half.
 - Fused attention projections: Phi-3 ``qkv_proj`` and GPT-2 ``c_attn`` are [q; k; v] along the
@@ -107,7 +107,7 @@ def layout_for(model) -> tuple[FamilyLayout, bool]:
     model_type = getattr(model.config, "model_type", None)
     if model_type in LAYOUTS:
         return LAYOUTS[model_type], True
-    from ..models import find_blocks
+    from ..anatomy import find_blocks
 
     _, blocks = find_blocks(model)
     names = {name for name, _ in blocks[0].named_modules()}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import LLMPruneError
-from ..models import find_blocks, weight_matrix
+from ..anatomy import find_blocks, weight_matrix
 from .layouts import FamilyLayout, attention_sizes
 from .surgery import submodule
 

@@ -15,11 +15,11 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..engine import BlockInputs, capture_block_inputs, copy_inputs
+from ..engine import BlockInputs, Lifecycle, capture_block_inputs, copy_inputs, propagate, run_block
 from ..errors import LLMPruneError
-from ..models import find_blocks, resolve_device, weight_matrix
+from ..anatomy import find_blocks, weight_matrix
+from ..process import resolve_device
 from .finalize import finalize_config
 from .layouts import FamilyLayout, attention_sizes, layout_for
 from .plan import UNITS, ShrinkPlan, make_plan, unit_costs
@@ -35,14 +35,6 @@ DEFAULT_MULTIPLE_OF = 64
 # Least-squares damping as a fraction of the Hessian mean diagonal: 1e-4 gave 29.1 against 30.8 for 1e-2
 # on the bundled model (mlp, hessian, R = 0.25, 16 x 512 calibration, 16 test windows).
 DEFAULT_DAMP = 1e-4
-
-
-def _block_output(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _run(block: nn.Module, inputs: list[BlockInputs]) -> list[torch.Tensor]:
-    return [_block_output(block(item.hidden, *item.args, **item.kwargs)) for item in inputs]
 
 
 class _Stage:
@@ -127,8 +119,7 @@ def _heads_apply(block, layout: FamilyLayout, sizes, plan: ShrinkPlan, score: st
 
 
 @torch.no_grad()
-def block_removal_scores(blocks: nn.ModuleList, inputs: list[BlockInputs], device, progress: bool,
-                         sample_rows: int = 8192) -> tuple[list[float], list[torch.Tensor]]:
+def block_removal_scores(lifecycle: Lifecycle, inputs: list[BlockInputs], sample_rows: int = 8192) -> tuple[list[float], list[torch.Tensor]]:
     """Per block, ShortGPT's block influence 1 - mean cos(x_in, x_out) over every token, and a sample of
     token rows of the hidden states at every block boundary (for Gromov's spans). One dense forward."""
     inputs = copy_inputs(inputs)
@@ -140,16 +131,15 @@ def block_removal_scores(blocks: nn.ModuleList, inputs: list[BlockInputs], devic
         return rows[::stride].float().cpu()
 
     boundaries.append(sample([item.hidden for item in inputs]))
-    for block in tqdm(blocks, desc="block influence", unit="block", disable=not progress):
-        home = next(block.parameters()).device
-        block.to(device)
-        outputs = _run(block, inputs)
-        block.to(home)
+
+    def visit(index: int, block: nn.Module) -> None:
+        outputs = run_block(block, inputs)
         cosines = [nn.functional.cosine_similarity(item.hidden.float(), out.float(), dim=-1) for item, out in zip(inputs, outputs)]
         influence.append(float(1 - torch.cat([c.reshape(-1) for c in cosines]).mean()))
-        for item, out in zip(inputs, outputs):
-            item.hidden = out
+        propagate(inputs, outputs)
         boundaries.append(sample(outputs))
+
+    lifecycle.sweep("block influence", visit, write=False)
     return influence, boundaries
 
 
@@ -171,19 +161,21 @@ def choose_blocks(kind: str, influence: list[float], boundaries: list[torch.Tens
 
 
 @torch.no_grad()
-def shrink_blocks(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan, inputs: list[BlockInputs] | None,
-                  removed_blocks: list[int], score: str, compensate: bool, damp: float, device, progress: bool) -> dict[int, dict]:
+def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, inputs: list[BlockInputs] | None,
+                  removed_blocks: list[int], score: str, compensate: bool, damp: float) -> dict[int, dict]:
     """The block loop: shrink every surviving block in place on its (already shrunk) inputs; returns the
-    removed units per block. Removed blocks are skipped, so their inputs flow on to the next block."""
-    _, blocks = find_blocks(model)
+    removed units per block. Removed blocks are skipped, so their inputs flow on to the next block. It runs
+    on the engine's block lifecycle (``Lifecycle.sweep``), the loop every pruning run uses."""
+    model, blocks = lifecycle.model, lifecycle.blocks
     sizes = attention_sizes(model.config)
     change_heads = "heads" in plan.units and (plan.heads, plan.kv_heads) != sizes[:2]
     change_mlp = "mlp" in plan.units and plan.intermediate != unit_costs_intermediate(blocks[0], layout)
     records: dict[int, dict] = {}
-    for index, block in enumerate(tqdm(blocks, desc=f"shrink {','.join(plan.units)}", unit="block", disable=not progress)):
+
+    def visit(index: int, block: nn.Module) -> None:
         if index in removed_blocks:
             records[index] = {"block_removed": True}
-            continue
+            return
         record: dict = {}
         records[index] = record
         stages = []
@@ -192,16 +184,15 @@ def shrink_blocks(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan, inpu
         if change_mlp:
             stages.append(_Stage(block, layout.mlp_consumer, _mlp_apply(block, layout, plan, score, compensate, damp, record)))
         if not stages:
-            continue
-        home = next(block.parameters()).device
-        block.to(device)
+            return
         if not inputs:  # magnitude without compensation: the weights alone decide, nothing to propagate
             for stage in stages:
                 stage.apply(None)
-        elif len(inputs) == 1:  # statistics, removal and outputs in one pass
+            return
+        if len(inputs) == 1:  # statistics, removal and outputs in one pass
             handles = [stage.attach(shrink_on_sight=True) for stage in stages]
             try:
-                outputs = _run(block, inputs)
+                outputs = run_block(block, inputs)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -209,15 +200,14 @@ def shrink_blocks(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan, inpu
             for stage in stages:
                 handle = stage.attach(shrink_on_sight=False)
                 try:
-                    _run(block, inputs)
+                    run_block(block, inputs)
                 finally:
                     handle.remove()
                 stage.finish()
-            outputs = _run(block, inputs)
-        if inputs:
-            for item, output in zip(inputs, outputs):
-                item.hidden = output
-        block.to(home)
+            outputs = run_block(block, inputs)
+        propagate(inputs, outputs)
+
+    lifecycle.sweep(f"shrink {','.join(plan.units)}", visit, write=True)
     return records
 
 
@@ -301,7 +291,8 @@ def shrink(
     columns by least squares on its calibration Hessian. Widths are uniform across blocks and rounded to
     ``multiple_of``; the config is edited so the saved folder loads with stock transformers.
     """
-    from ..api import calibration_chunks, peak_rss_mb, versions
+    from ..calibration import calibration_chunks
+    from ..process import peak_rss_mb, versions
 
     units = check_shrink_options(model, ratio, units, score, block_score, reconstruct)
     layout, _ = layout_for(model)
@@ -314,19 +305,22 @@ def shrink(
     block_params_before = parameter_count(blocks)
     needs_data = score != "magnitude" or compensate or plan.blocks_removed > 0
     source = "given token ids" if calibration_ids is not None else calibration
-    chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, needs_data, calibration, nsamples, seqlen, seed,
-                                                  batch_size, calibration_ids)
+    chunks = None
+    if needs_data:
+        chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, calibration, nsamples, seqlen, seed,
+                                                      batch_size, calibration_ids)
     was_training = model.training
     model.eval()
     inputs = capture_block_inputs(model, chunks, device) if needs_data else None
     removed_blocks, influence = [], None
     if plan.blocks_removed:
-        influence, boundaries = block_removal_scores(blocks, inputs, device, progress)
+        influence, boundaries = block_removal_scores(Lifecycle(model, device=device, progress=progress), inputs)
         removed_blocks = choose_blocks(block_score, influence, boundaries, plan.blocks_removed)
         del boundaries
     if inputs is None:  # magnitude without compensation: weights alone decide
         inputs = []
-    records = shrink_blocks(model, layout, plan, inputs, removed_blocks, score, compensate, damp, device, progress)
+    records = shrink_blocks(Lifecycle(model, device=device, progress=progress), layout, plan, inputs, removed_blocks,
+                            score, compensate, damp)
     del inputs
     remove_blocks(model, layout, removed_blocks)
     config_changes = finalize_config(model, layout, plan, removed_blocks)

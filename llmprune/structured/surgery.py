@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import LLMPruneError
-from ..models import Conv1D, find_blocks, weight_matrix
+from ..anatomy import Conv1D, find_blocks, weight_matrix
 from .layouts import FamilyLayout, qkv_rows
 from .scores import InputStatistics
 
