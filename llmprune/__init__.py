@@ -15,6 +15,7 @@ _PUBLIC = {
     "load_model": "api",
     "prune": "api",
     "prune_folder": "api",
+    "shrink": "api",
     "save_pretrained": "api",
     "PruneOptions": "options",
     "RunOptions": "options",

@@ -11,9 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .anatomy import stores_transposed
+from .anatomy import ROUTER_TENSOR, stores_experts_transposed, stores_transposed
 from .errors import LLMPruneError
-from .io.sparse import bitmask_bytes, iter_dense_tensors, nm_violations, sparsity_config, weight_files
+from .io.sparse import as_matrix, bitmask_bytes, iter_dense_tensors, nm_violations, sparsity_config, weight_files
 from .io.writer import REPORT_NAME
 
 # 2-D weights that are lookup tables, not matrix multiplies: never pruned, reported apart.
@@ -34,7 +34,7 @@ class LayerInfo:
     params: int
     nonzeros: int
     sparsity: float
-    nm_ok: bool | None  # None: not checked (an embedding)
+    nm_ok: bool | None  # None: not checked (an embedding, a router)
     stored: str  # "dense" or the compressed layout it was read from
 
 
@@ -73,15 +73,20 @@ class FolderInfo:
         return data
 
 
-def _compressed_modules(folder: Path) -> set[str]:
-    """Modules stored compressed: those with a ``.bitmask`` tensor (read from headers only)."""
+def _tensor_names(folder: Path) -> list[str]:
+    """Every tensor name of the folder's weight files (read from headers only)."""
     from safetensors import safe_open
 
-    names = set()
+    names = []
     for path in weight_files(folder):
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            names.update(key[: -len(".bitmask")] for key in handle.keys() if key.endswith(".bitmask"))
+            names.extend(handle.keys())
     return names
+
+
+def _compressed_modules(folder: Path) -> set[str]:
+    """Modules stored compressed: those with a ``.bitmask`` tensor."""
+    return {key[: -len(".bitmask")] for key in _tensor_names(folder) if key.endswith(".bitmask")}
 
 
 def _model_type(folder: Path) -> str | None:
@@ -103,8 +108,12 @@ def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
     info.bytes_on_disk = sum(path.stat().st_size for path in weight_files(folder))
     compressed = _compressed_modules(folder)
     compressed_label = layout if sparse_config else "compressed"
-    # A family that stores its weights (inputs x outputs) has its N:M groups along the first axis.
-    transposed = stores_transposed(_model_type(folder))
+    # A family that stores its weights (inputs x outputs) has its N:M groups along the first axis;
+    # a 3-D expert stack holds one matrix per expert, (outputs x inputs) unless its family says otherwise.
+    model_type = _model_type(folder)
+    transposed, experts_transposed = stores_transposed(model_type), stores_experts_transposed(model_type)
+    stacked = set((sparse_config or {}).get("stacked") or ())
+    has_experts = any(".experts." in key for key in _tensor_names(folder))
     for name, tensor in iter_dense_tensors(folder):
         params = tensor.numel()
         nonzeros = int(tensor.count_nonzero())
@@ -112,16 +121,19 @@ def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
         info.params += params
         info.nonzeros += nonzeros
         info.dense_bytes += dense_bytes
-        is_weight_matrix = tensor.dim() == 2 and name.endswith(".weight")
-        is_linear = is_weight_matrix and not EMBEDDING_NAME.search(name)
+        is_stack = tensor.dim() == 3 and (name in stacked or not name.endswith((".weight", "_bias")))
+        is_weight_matrix = (tensor.dim() == 2 and name.endswith(".weight")) or is_stack
+        is_router = has_experts and bool(ROUTER_TENSOR.search(name))
+        is_linear = is_weight_matrix and not EMBEDDING_NAME.search(name) and not is_router
+        matrix = as_matrix(tensor, experts_transposed if is_stack else transposed)[0] if is_linear else tensor
         # What --save-format sparse would take: the bitmask layout where it is smaller.
-        info.sparse_bytes += min(dense_bytes, bitmask_bytes(tensor)) if is_linear else dense_bytes
+        info.sparse_bytes += min(dense_bytes, bitmask_bytes(matrix)) if is_linear else dense_bytes
         if not is_weight_matrix:
             continue
         if is_linear:
             info.linear_params += params
             info.linear_nonzeros += nonzeros
-        module = name[: -len(".weight")]
+        module = name if is_stack else name[: -len(".weight")]
         info.layers.append(
             LayerInfo(
                 name=module,
@@ -129,7 +141,7 @@ def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
                 params=params,
                 nonzeros=nonzeros,
                 sparsity=1 - nonzeros / params if params else 0.0,
-                nm_ok=(nm_violations(tensor.t().contiguous() if transposed else tensor, n, m) == 0) if is_linear else None,
+                nm_ok=(nm_violations(matrix, n, m) == 0) if is_linear else None,
                 stored=compressed_label if module in compressed else "dense",
             )
         )

@@ -7,13 +7,14 @@ evaluate). The CLI's flags are generated from these fields (name, type, help and
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .anatomy import LayerSelection
+from .engine.experts import EXPERT_FALLBACKS, EXPERT_STATISTICS, ExpertPolicy
 from .errors import LLMPruneError
 from .methods import METHODS, SparsityTarget, get_method
 from .reconstruct import PARTS as RECONSTRUCT_PARTS, TARGETS as RECONSTRUCT_TARGETS, BlockReconstruction, check_reconstruct_options
@@ -21,13 +22,19 @@ from .reconstruct import PARTS as RECONSTRUCT_PARTS, TARGETS as RECONSTRUCT_TARG
 DEFAULT_SPARSITY = 0.5
 SAVE_FORMATS = ("dense", "sparse")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+ALLOCATIONS = ("uniform", "owl", "ramp", "auto")
 
 
-def option(default: Any, help: str, group: str, **flag: Any) -> Any:
-    """A dataclass field that also describes its command-line flag (``flag``: argparse keywords)."""
+def option(default: Any, help: str, group: str | None = None, **metadata: Any) -> Any:
+    """A dataclass field that also describes its command-line flag.
+
+    ``metadata``: ``flag`` (another spelling, e.g. ``--no-progress``), ``choices``, ``metavar``, ``shown``
+    (the default as ``--help`` should word it). ``llmprune.cli.dataclass_flags`` reads them.
+    """
+    metadata = {"help": help, "group": group, **metadata}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, "group": group, "flag": flag})
-    return field(default=default, metadata={"help": help, "group": group, "flag": flag})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -35,11 +42,14 @@ class PruneOptions:
     """How to prune: method, target, which layers, calibration, allocation."""
 
     method: str = option("wanda", f"pruning method: {', '.join(METHODS)}", "what to prune")
-    sparsity: float | None = option(None, f"fraction of weights to remove in [0, 1) (default: {DEFAULT_SPARSITY} unless --pattern)", "what to prune")
+    sparsity: float | None = option(None, "fraction of weights to remove in [0, 1)", "what to prune", shown=f"{DEFAULT_SPARSITY} unless --pattern")
     pattern: str | None = option(None, "N:M semi-structured sparsity instead, e.g. 2:4 or 4:8", "what to prune")
-    targets: list[str] | None = option(None, "comma-separated layer names/globs to prune (default: every linear layer in the blocks)", "what to prune")
+    targets: list[str] | None = option(None, "comma-separated layer names/globs to prune", "what to prune", shown="every linear layer in the blocks")
     ignore: list[str] | None = option(None, "comma-separated layer names/globs to leave alone, e.g. 'mlp.down_proj' or 're:.*\\.0\\..*'", "what to prune")
-    owl: bool = option(False, "OWL: per-block sparsities from outlier ratios, mean = --sparsity (unstructured only)", "what to prune")
+    allocation: str = option("uniform", "per-block sparsities (unstructured only; the mean over pruned weights stays --sparsity): uniform; owl (outlier-weighted, see --owl-m/--owl-lambda); ramp (rising with depth by --ramp-step per block); auto (the best of uniform, OWL and ramps by the loss on held-out calibration windows, never the test split; in memory only, about six prunes)", "what to prune", choices=ALLOCATIONS)
+    owl: bool = option(False, "shorthand for --allocation owl", "what to prune")
+    ramp_step: float = option(0.005, "depth ramp: sparsity added per block of depth (negative prunes early blocks more)", "what to prune")
+    heldout_windows: int = option(8, "--allocation auto: held-out calibration windows (drawn from the train split with seed + 1) scoring the candidates", "what to prune")
     owl_m: float = option(5.0, "OWL: a score above M x the block's mean is an outlier", "what to prune")
     owl_lambda: float = option(0.08, "OWL: block sparsities stay within sparsity +- lambda", "what to prune")
     reconstruct: bool = option(False, "block reconstruction: after pruning each block, train its surviving weights with Adam so its outputs match the dense block's (mask kept)", "reconstruction")
@@ -49,21 +59,30 @@ class PruneOptions:
     reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction", "reconstruction")
     reconstruct_batch_size: int = option(4, "calibration windows per reconstruction step", "reconstruction")
     reconstruct_norms: bool = option(False, "also train the block's normalisation weights", "reconstruction")
+    min_expert_tokens: int = option(ExpertPolicy.min_tokens, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
+    expert_fallback: str = option(ExpertPolicy.fallback, "MoE: statistics for an expert below --min-expert-tokens: all-tokens (every token through that expert) or magnitude", "what to prune", choices=EXPERT_FALLBACKS)
+    expert_statistics: str = option(ExpertPolicy.statistics, "MoE: routed (each expert from the tokens routed to it) or all-tokens (every expert from every token)", "what to prune", choices=EXPERT_STATISTICS)
     calibration: str = option("wikipedia", "wikipedia (bundled train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
     nsamples: int = option(128, "calibration windows", "calibration")
     seqlen: int = option(2048, "tokens per calibration window (capped at the model's limit)", "calibration")
     seed: int = option(0, "seed for the window offsets", "calibration")
-    batch_size: int | None = option(None, "windows per forward chunk (default: all at once when they fit in memory)", "calibration")
+    batch_size: int | None = option(None, "windows per forward chunk", "calibration", shown="all at once when they fit in memory")
     device: str = option("auto", "cpu, cuda or auto; only the block being pruned sits on it", "hardware")
-    progress: bool = option(True, "show progress bars", "output and evaluation")
+    progress: bool = option(True, "hide progress bars", "output and evaluation", flag="--no-progress")
     method_options: dict = option({}, "extra keyword arguments of the method (YAML and Python only)", "what to prune")
 
     def target(self) -> SparsityTarget:
         sparsity = self.sparsity if (self.sparsity is not None or self.pattern) else DEFAULT_SPARSITY
         return SparsityTarget.parse(sparsity, self.pattern)
 
+    def allocation_name(self) -> str:
+        return "owl" if self.owl and self.allocation == "uniform" else self.allocation
+
     def selection(self) -> LayerSelection:
         return LayerSelection.of(self.targets, self.ignore)
+
+    def expert_policy(self) -> ExpertPolicy:
+        return ExpertPolicy(self.expert_statistics, int(self.min_expert_tokens), self.expert_fallback)
 
     def pruning_method(self):
         return get_method(self.method, **self.method_options)
@@ -77,15 +96,26 @@ class PruneOptions:
                                     progress=self.progress)]
 
     def needs_calibration(self) -> bool:
-        return self.pruning_method().needs_calibration or self.owl or self.reconstruct
+        return self.pruning_method().needs_calibration or self.allocation_name() in ("owl", "auto") or self.reconstruct
 
     def validate(self) -> None:
         """Every check that needs no model: bad values fail here, before anything is loaded."""
         from .owl import check_owl_options
 
         target = self.target()
-        check_owl_options(target, self.owl, self.owl_m, self.owl_lambda)
+        allocation = self.allocation_name()
+        if allocation not in ALLOCATIONS:
+            raise LLMPruneError(f"unknown allocation '{self.allocation}' (use {', '.join(ALLOCATIONS)})")
+        if self.owl and self.allocation not in ("uniform", "owl"):
+            raise LLMPruneError(f"--owl and --allocation {self.allocation} ask for two allocations; give one")
+        check_owl_options(target, allocation == "owl", self.owl_m, self.owl_lambda)
+        if allocation in ("ramp", "auto") and target.semi_structured:
+            raise LLMPruneError(f"--allocation {allocation} gives blocks different sparsities, which an N:M pattern "
+                                f"({target.pattern}) cannot; use --sparsity")
+        if allocation == "auto" and self.heldout_windows < 1:
+            raise LLMPruneError(f"--heldout-windows must be at least 1, got {self.heldout_windows}")
         self.pruning_method()
+        self.expert_policy().check()
         for name in ("nsamples", "seqlen"):
             if int(getattr(self, name)) < 1:
                 raise LLMPruneError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -101,7 +131,7 @@ class RunOptions(PruneOptions):
     """The ``llmprune`` command's job: load, (evaluate), prune, (evaluate), save, (push)."""
 
     model: str = option("llama", "alias, model folder, .gguf file or hub id", "what to prune")
-    dtype: str | None = option(None, "weights dtype (default: float32 on CPU, bfloat16 on GPU)", "hardware", choices=DTYPE_CHOICES)
+    dtype: str | None = option(None, "weights dtype", "hardware", choices=DTYPE_CHOICES, shown="float32 on CPU, bfloat16 on GPU")
     stream: bool = option(False, "stream the model from its safetensors one block at a time (automatic when it does not fit in memory)", "hardware")
     output: str | None = option(None, "folder for the pruned model and llmprune_report.json", "output and evaluation")
     overwrite: bool = option(False, "replace an existing output folder", "output and evaluation")
@@ -110,12 +140,12 @@ class RunOptions(PruneOptions):
     report: str | None = option(None, "also write the report JSON here (the only output when --output is not given)", "output and evaluation")
     eval_ppl: bool = option(False, "perplexity on the bundled Wikipedia test split before and after", "output and evaluation")
     eval_seqlen: int = option(512, "perplexity window length", "output and evaluation")
-    eval_windows: int | None = option(None, "at most this many perplexity windows (default: all)", "output and evaluation")
+    eval_windows: int | None = option(None, "at most this many perplexity windows", "output and evaluation", shown="all")
     ppl: str | None = option(None, "after pruning: comma-separated perplexity sources (wikipedia, wikitext2, ptb, c4, a file)", "evaluation", metavar="SOURCES")
-    tasks: str | None = option(None, "after pruning: comma-separated lm-eval tasks (offline: wiki_ppl, rt_sentiment, wiki_topic)", "evaluation", metavar="T1,T2")
-    num_fewshot: int | None = option(None, "few-shot examples per lm-eval task (default: the task's own)", "evaluation")
+    tasks: str | None = option(None, "after pruning: comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_ppl, rt_sentiment, wiki_topic)", "evaluation", metavar="T1,T2")
+    num_fewshot: int | None = option(None, "few-shot examples per lm-eval task", "evaluation", shown="the task's own")
     limit: float | None = option(None, "at most this many documents per lm-eval task (below 1: a fraction)", "evaluation")
-    eval_batch_size: int | None = option(None, "windows / lm-eval requests per forward pass (default: 4)", "evaluation")
+    eval_batch_size: int | None = option(None, "windows / lm-eval requests per forward pass", "evaluation", shown="4")
 
     def prune_options(self) -> PruneOptions:
         return PruneOptions(**{f.name: getattr(self, f.name) for f in fields(PruneOptions)})
@@ -140,7 +170,7 @@ class RunOptions(PruneOptions):
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "RunOptions":
         """A recipe, with ``overrides`` (the flags given) replacing its keys and whatever they conflict with."""
-        return cls(**merge_recipe(read_recipe(path, cls), overrides))
+        return from_recipe(cls, path, **overrides)
 
 
 # A key given on the command line replaces these recipe keys too: a recipe's sparsity gives way to a
@@ -148,18 +178,30 @@ class RunOptions(PruneOptions):
 CONFLICTS = {"pattern": ("sparsity",), "sparsity": ("pattern",)}
 
 
-def read_recipe(path: str | Path, cls: type = RunOptions) -> dict:
+def read_recipe(path: str | Path, cls: type) -> dict:
+    """The option: value pairs of a YAML recipe, keys as field names (``no-progress: true`` is
+    ``progress: false``), unknown keys refused."""
+    file = Path(path).expanduser()
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise LLMPruneError(f"config file not found: {file}") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise LLMPruneError(f"cannot read config {path}: {exc}".splitlines()[0]) from None
+        raise LLMPruneError(f"cannot read config {file}: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise LLMPruneError(f"config {path} must be a mapping of option: value")
-    data = {str(key).replace("-", "_"): value for key, value in data.items()}
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        raise LLMPruneError(f"config {file} must be a mapping of option: value")
+    renamed = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name for f in fields(cls) if f.metadata.get("flag")}
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in renamed:  # a switch spelt as its flag: the flag flips the default
+            values[renamed[name]] = not value
+        else:
+            values[name] = value
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
-        raise LLMPruneError(f"config {path}: unknown option(s) {', '.join(unknown)}")
-    return data
+        raise LLMPruneError(f"config {file}: unknown option(s) {', '.join(unknown)}")
+    return values
 
 
 def merge_recipe(recipe: dict, overrides: dict) -> dict:
@@ -170,6 +212,11 @@ def merge_recipe(recipe: dict, overrides: dict) -> dict:
                 merged.pop(loser, None)
         merged[key] = value
     return merged
+
+
+def from_recipe(cls: type, path: str | Path, **overrides):
+    """An options object: the class's defaults < the recipe at ``path`` < ``overrides`` (the flags typed)."""
+    return cls(**merge_recipe(read_recipe(path, cls), overrides))
 
 
 def defaults(cls: type) -> dict[str, Any]:
@@ -190,5 +237,3 @@ def with_overrides(options: PruneOptions | None, cls: type = PruneOptions, **ove
     return replace(base, **{k: v for k, v in overrides.items() if k in known}, method_options=method_options)
 
 
-def as_dict(options: PruneOptions) -> dict:
-    return asdict(options)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .anatomy import LayerSelection
-from .engine import BlockInputs, Lifecycle, gather_block_statistics, prunable_weight_count, propagate
+from .engine import BlockInputs, ExpertPolicy, Lifecycle, gather_block_statistics, prunable_weight_count, propagate
 from .errors import LLMPruneError
 from .methods import SparsityTarget
 from .methods.wanda import Wanda
@@ -44,9 +44,10 @@ def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
 
 
 @torch.no_grad()
-def block_outlier_ratio(block: nn.Module, inputs: list[BlockInputs], m: float, selection: LayerSelection = LayerSelection()) -> float:
+def block_outlier_ratio(block: nn.Module, inputs: list[BlockInputs], m: float, selection: LayerSelection = LayerSelection(),
+                        experts: ExpertPolicy = ExpertPolicy()) -> float:
     """OWL's outlier ratio of one dense block; each item's hidden states become the dense outputs."""
-    gathered, outputs = gather_block_statistics(block, Wanda(), inputs, selection)
+    gathered, outputs = gather_block_statistics(block, Wanda(), inputs, selection, experts)
     propagate(inputs, outputs)
     scores = []
     for weight, norms_squared in gathered.values():
@@ -59,7 +60,8 @@ def measure_outlier_ratios(lifecycle: Lifecycle, inputs: list[BlockInputs], m: f
                            selection: LayerSelection = LayerSelection()) -> list[float]:
     """OWL's outlier ratio of every block of the dense model, calibration propagated through dense blocks."""
     ratios: list[float] = []
-    lifecycle.sweep("OWL outlier ratios", lambda index, block: ratios.append(block_outlier_ratio(block, inputs, m, selection)), write=False)
+    lifecycle.sweep("OWL outlier ratios", lambda index, block: ratios.append(
+        block_outlier_ratio(block, inputs, m, selection, lifecycle.experts)), write=False)
     return ratios
 
 

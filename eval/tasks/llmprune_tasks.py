@@ -17,3 +17,11 @@ def rt_sentiment(**metadata):
 
 def wiki_topic(**metadata):
     return load_task_dataset("wiki_topic", **metadata)
+
+
+def wiki_next(**metadata):
+    return load_task_dataset("wiki_next", **metadata)
+
+
+def wiki_lastword(**metadata):
+    return load_task_dataset("wiki_lastword", **metadata)

@@ -21,8 +21,10 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "decompress": "decompress",
     "push": "push",
+    "shrink": "shrink",
     "imp": "imp",
     "glue": "glue",
+    "lth": "lth",
 }
 DEFAULT_COMMAND = "prune"
 

@@ -10,16 +10,22 @@ import argparse
 
 from ..errors import LLMPruneError
 
-HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_ppl, rt_sentiment, wiki_topic)"
+HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl)"
 EPILOG = """examples:
   llmprune eval --model llama                                  # bundled Wikipedia test perplexity
-  llmprune eval --model out/llama-wanda-50 --tasks rt_sentiment,wiki_topic --limit 200 --json eval.json
+  llmprune eval --model out/llama-wanda-50 --tasks wiki_next,wiki_lastword --limit 200 --json eval.json
   llmprune eval --model llama --ppl wikipedia,my_notes.txt --seqlen 256 --eval-windows 40
   llmprune eval --model Qwen/Qwen3-0.6B --ppl wikitext2,c4 --tasks hellaswag,arc_easy   # needs the network
 
 perplexity sources: wikipedia (bundled, default), wikitext2, ptb, c4 (hub, papers' protocol),
 a local .txt/.jsonl/.json file, or another hub dataset (name or name:config); 'none' for no perplexity.
-tasks: any lm-eval task name, or the offline tasks in eval/tasks (the tag llmprune_offline runs all three).
+tasks: any lm-eval task name, or the offline tasks in eval/tasks (the tag llmprune_offline runs them all):
+  wiki_next      pick a Wikipedia lead's true second sentence among 4 (acc, acc_norm; chance 0.25)
+  wiki_lastword  predict the last word of a lead passage, LAMBADA-style (acc = greedy exact match, perplexity)
+  wiki_topic     12-way topic of a lead sentence (acc; chance 0.083)
+  rt_sentiment   Rotten Tomatoes snippets, positive or negative (acc; chance 0.5)
+  wiki_ppl       rolling log-likelihood of each test article (word/byte perplexity)
+At 135M parameters only wiki_next and wiki_lastword are well above chance and rank pruning methods.
 """
 
 
@@ -41,7 +47,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, prune_command: bool = Fa
     add("--ppl", metavar="SOURCES", default=None if prune_command else "wikipedia",
         help="comma-separated perplexity sources: wikipedia, wikitext2, ptb, c4, a .txt/.jsonl file, or none"
         + ("" if prune_command else " (default: wikipedia)"))
-    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_ppl, rt_sentiment, wiki_topic)")
+    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl)")
     add("--num-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
     add("--limit", type=float, help="at most this many documents per lm-eval task (below 1: a fraction)")
     add("--eval-seqlen" if prune_command else "--seqlen", dest="eval_seqlen", type=int, default=None,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dataclasses import fields
-
-from ..options import RunOptions, defaults as option_defaults
+from ..options import RunOptions
+from .dataclass_flags import add_dataclass_arguments, options_from_args
 
 HELP = "prune a model (the default command)"
 EPILOG = """examples:
@@ -19,7 +18,7 @@ EPILOG = """examples:
   llmprune --model llama --method sparsegpt --pattern 2:4 --nsamples 32 --seqlen 512 --output out/sgpt-24
   llmprune --model Qwen/Qwen3-0.6B --method wanda --pattern 4:8 --ignore 'mlp.down_proj' --output out/q3
   llmprune --config configs/llama-wanda-50.yaml --output out/recipe
-  llmprune --model llama --pattern 2:4 --ppl wikipedia --tasks rt_sentiment,wiki_topic --output out/l24
+  llmprune --model llama --pattern 2:4 --ppl wikipedia --tasks wiki_next,wiki_lastword --output out/l24
 
 models: an alias (llama = smollm2-135m, the bundled SmolLM2-135M-Instruct), a local model
 folder, a .gguf file, or a Hugging Face hub id (needs the network or a cached copy).
@@ -28,62 +27,12 @@ name (name or name:config). The report is written as llmprune_report.json in the
 """
 
 
-def _patterns(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-# Flags whose spelling differs from the option's name.
-FLAG_NAMES = {"progress": "--no-progress"}
 NOT_FLAGS = ("method_options",)  # YAML recipes and Python only
 
 
-def _flag_type(annotation: str):
-    if "list" in annotation:
-        return _patterns
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``RunOptions`` field: its name, type, help and default come from the dataclass.
-
-    Every flag defaults to None here ("not given"), so a YAML recipe's value stands unless a flag
-    replaces it; the defaults shown are the dataclass's, the only place they are set.
-    """
-    parser.add_argument("--config", help="YAML recipe (keys are these option names); flags given here override it")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    defaults = option_defaults(RunOptions)
-    for f in sorted(fields(RunOptions), key=lambda f: f.name != "model"):  # --model first
-        if f.name in NOT_FLAGS:
-            continue
-        meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
-        default = defaults[f.name]
-        help_text = meta["help"]
-        if isinstance(default, bool):
-            if default:  # a switch that turns a default-on option off
-                group.add_argument(flag, dest=f.name, action="store_false", default=None, help=f"{help_text}: hide them")
-            else:
-                group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
-            continue
-        if default is not None and "(default" not in help_text:
-            help_text += f" (default: {default})"
-        group.add_argument(flag, dest=f.name, type=_flag_type(str(f.type)), default=None, help=help_text, **meta["flag"])
-
-
-def options_from_args(args: argparse.Namespace) -> RunOptions:
-    given = {
-        key: value
-        for key, value in vars(args).items()
-        if value is not None and not key.startswith("_") and key != "config"
-    }
-    if args.config:
-        return RunOptions.from_yaml(args.config, **given)
-    return RunOptions(**given)
+    """One flag per ``RunOptions`` field: its name, type, help and default come from the dataclass."""
+    add_dataclass_arguments(parser, RunOptions, first=("model",), skip=NOT_FLAGS)
 
 
 def print_summary(report: dict) -> None:
@@ -113,7 +62,7 @@ def print_summary(report: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import run_prune
 
-    report = run_prune(options_from_args(args))
+    report = run_prune(options_from_args(RunOptions, args))
     print_summary(report)
     if not report.get("output") and not args.report:
         print(json.dumps({k: v for k, v in report.items() if k != "layers"}, indent=2))

@@ -22,6 +22,7 @@ from ..anatomy import LayerSelection, PrunableWeight, find_blocks, prunable_weig
 from ..errors import LLMPruneError
 from ..methods import PruningMethod, SparsityTarget
 from .capture import BlockInputs, capture_block_inputs, copy_inputs, run_block
+from .experts import ExpertPolicy
 from .pruning import check_pattern_fits, prune_block
 
 
@@ -112,8 +113,10 @@ def propagate(inputs: list[BlockInputs], outputs: list[torch.Tensor]) -> None:
 class Lifecycle:
     """One walk over the model's blocks, wherever they live."""
 
-    def __init__(self, model: nn.Module, home: BlockHome | None = None, device: str | torch.device = "cpu", progress: bool = True):
+    def __init__(self, model: nn.Module, home: BlockHome | None = None, device: str | torch.device = "cpu", progress: bool = True,
+                 experts: ExpertPolicy = ExpertPolicy()):
         self.model, self.home, self.device, self.progress = model, home or InMemory(), device, progress
+        self.experts = experts  # where routed experts take their statistics from, in every sweep
         self.path, self.blocks = find_blocks(model)
 
     def sweep(self, desc: str, visit: Callable[[int, nn.Module], None], write: bool) -> None:
@@ -166,12 +169,16 @@ def prune_model(
     block_inputs = inputs if method.needs_calibration or any(step.needs_inputs for step in steps) else None
     layers: dict[str, float] = {}
     sizes: dict[str, int] = {}
+    routing: dict[str, dict] = {}
 
     def visit(index: int, block: nn.Module) -> None:
         context = BlockContext(index, block, target if block_targets is None else block_targets[index], block_inputs)
         for step in steps:
             step.before_prune(context)
-        context.weights, outputs = prune_block(block, method, context.target, block_inputs, selection)
+        block_routing: dict[str, dict] = {}
+        context.weights, outputs = prune_block(block, method, context.target, block_inputs, selection,
+                                               lifecycle.experts, block_routing)
+        routing.update({f"{lifecycle.path}.{index}.{name}": entry for name, entry in block_routing.items()})
         changed = [step.after_prune(context) for step in steps]
         if block_inputs and (any(changed) or outputs is None):  # None: the method pruned without inputs
             outputs = run_block(block, block_inputs)
@@ -186,7 +193,23 @@ def prune_model(
         entry = step.finalize(lifecycle.model)
         if entry is not None:
             entries[step.name] = entry
+    if routing:
+        entries["experts"] = experts_entry(lifecycle.experts, routing)
     return PruneOutcome(layers, sizes, entries)
+
+
+def experts_entry(policy: ExpertPolicy, routing: dict[str, dict]) -> dict:
+    """The report's ``experts`` section: the policy, and per experts module its tokens and fallbacks."""
+    fell_back = sum(len(entry["fell_back"]) for entry in routing.values())
+    experts = sum(entry["experts"] for entry in routing.values())
+    return {
+        "statistics": policy.statistics,
+        "min_tokens": policy.min_tokens,
+        "fallback": policy.fallback,
+        "experts": experts,
+        "experts_fell_back": fell_back,
+        "modules": routing,
+    }
 
 
 def prunable_weight_count(block: nn.Module, selection: LayerSelection = LayerSelection()) -> int:

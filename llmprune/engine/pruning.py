@@ -10,7 +10,8 @@ from ..anatomy import LayerSelection, PrunableWeight, prunable_weights
 from ..errors import LLMPruneError
 from ..methods import PruningMethod, SparsityTarget
 from .capture import BlockInputs, run_block
-from .statistics import BlockStatistics
+from .experts import ExpertPolicy, run_until_experts
+from .statistics import BlockGathering
 
 # A row-separable method (see PruningMethod.row_separable) is given a slice of rows at a time:
 # its float32 working copies then cost a slice instead of the whole matrix (for a 4096 x 11008
@@ -56,14 +57,17 @@ def prune_block(
     target: SparsityTarget,
     inputs: list[BlockInputs] | None,
     selection: LayerSelection = LayerSelection(),
+    experts: ExpertPolicy = ExpertPolicy(),
+    routing: dict | None = None,
 ) -> tuple[dict[str, PrunableWeight], list[torch.Tensor] | None]:
     """Prune one block's selected weights in place; returns them and the block's pruned outputs.
 
     With ``inputs`` (the block's calibration inputs) the statistics come from them; one input
     chunk means the fused single pass (each layer pruned inside the forward the moment its whole
-    input is seen, so the same pass yields the pruned outputs); several chunks mean a statistics
-    pass, pruning, and an output pass. Without inputs the method prunes from the weights alone
-    and there are no outputs.
+    input is seen, each routed expert inside its experts module's call, so the same pass yields the
+    pruned outputs); several chunks mean a statistics pass, pruning, and an output pass. Without
+    inputs the method prunes from the weights alone and there are no outputs. ``routing``, when
+    given, receives each experts module's tokens per expert and fallbacks.
     """
     weights = prunable_weights(block, selection)
     if not (method.needs_calibration and inputs):
@@ -71,18 +75,34 @@ def prune_block(
             prune_weight(weight, method, None, target)
         return weights, None
 
-    def prune(name: str) -> None:
-        prune_weight(weights[name], method, gathered.take(name), target)
+    done: set[str] = set()
+
+    def prune(name: str, stats: Any) -> None:
+        prune_weight(weights[name], method, stats, target)
+        done.add(name)
 
     single_pass = len(inputs) == 1
-    gathered = BlockStatistics(method, weights, on_sight=prune if single_pass else None)
+    gathered = BlockGathering(block, method, weights, experts, prune if single_pass else None)
     try:
-        outputs = run_block(block, inputs, gathered.end_call)
-        for name in weights:  # layers the forward never reached (e.g. unrouted experts), or all of them
-            if name not in gathered.done:
-                prune(name)
+        outputs = run_block(block, inputs, gathered.layers.end_call)
+        gathered.remove()
+        if not single_pass:
+            for routed in gathered.experts:
+                routed.resolve(lambda: run_until_experts(block, inputs))
+                for expert in range(routed.count):  # one expert's statistics at a time, released once pruned
+                    stats_in, stats_out = routed.take(expert)
+                    for name in routed.inputs[expert]:
+                        prune(name, stats_in)
+                    if routed.outputs[expert] is not None:
+                        prune(routed.outputs[expert], stats_out)
+                    del stats_in, stats_out
+        for name in weights:  # layers the forward never reached (e.g. unrouted list experts), or all of them
+            if name not in done:
+                prune(name, gathered.layer_statistics(name) if not weights[name].fused else None)
     finally:
         gathered.remove()
+    if routing is not None:
+        routing.update(gathered.routing())
     if not single_pass:
         outputs = run_block(block, inputs)
     return weights, outputs
@@ -94,13 +114,24 @@ def gather_block_statistics(
     provider,
     inputs: list[BlockInputs],
     selection: LayerSelection = LayerSelection(),
+    experts: ExpertPolicy = ExpertPolicy(),
 ) -> tuple[dict[str, tuple[PrunableWeight, Any]], list[torch.Tensor]]:
     """Run one block as it is on ``inputs``, folding each selected weight's inputs into ``provider``'s
-    statistics; returns name -> (weight, statistics or None) and the block's outputs."""
+    statistics (routed experts from their own tokens); returns name -> (weight, statistics or None)
+    and the block's outputs."""
     weights = prunable_weights(block, selection)
-    recorder = BlockStatistics(provider, weights)
+    gathered = BlockGathering(block, provider, weights, experts)
     try:
-        outputs = run_block(block, inputs, recorder.end_call)
+        outputs = run_block(block, inputs, gathered.layers.end_call)
+        gathered.remove()
+        stats = {name: (weight, gathered.layer_statistics(name)) for name, weight in weights.items() if not weight.fused}
+        for routed in gathered.experts:
+            routed.resolve(lambda: run_until_experts(block, inputs))
+            for expert in range(routed.count):
+                stats_in, stats_out = routed.take(expert)
+                stats.update({name: (weights[name], stats_in) for name in routed.inputs[expert]})
+                if routed.outputs[expert] is not None:
+                    stats[routed.outputs[expert]] = (weights[routed.outputs[expert]], stats_out)
     finally:
-        recorder.remove()
-    return {name: (weight, recorder.stats.get(name)) for name, weight in weights.items()}, outputs
+        gathered.remove()
+    return {name: stats.get(name, (weight, None)) for name, weight in weights.items()}, outputs

@@ -1,7 +1,8 @@
 """The lm-eval harness on an in-memory model: ``HFLM(pretrained=model, tokenizer=tok)``, no re-save.
 
-Task names are any lm-eval knows plus the offline tasks of ``eval/tasks`` (``wiki_ppl``,
-``rt_sentiment``, ``wiki_topic``, or the tag ``llmprune_offline`` for all three).
+Task names are any lm-eval knows plus the offline tasks of ``eval/tasks`` (``wiki_next``,
+``wiki_lastword``, ``wiki_topic``, ``rt_sentiment``, ``wiki_ppl``, or the tag ``llmprune_offline``
+for all of them).
 """
 from __future__ import annotations
 

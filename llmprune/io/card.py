@@ -71,8 +71,8 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
     model_class = (config.get("architectures") or ["AutoModelForCausalLM"])[0]
     method = report.get("method")
     pattern = report.get("pattern")
-    tags = ["pruned", "sparse", "llmprune"]
-    tags += [str(t) for t in (method, pattern or ("unstructured" if method else None)) if t]
+    tags = ["pruned", "sparse", "llmprune"] if method != "shrink" else ["pruned", "structured-pruning", "llmprune"]
+    tags += [str(t) for t in (method, pattern or ("unstructured" if method and method != "shrink" else None)) if t]
     base = base_model(report)
 
     meta = []
@@ -82,7 +82,21 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
     title = repo_id or folder.name
     lines = ["---", *meta, "---", "", f"# {title}", ""]
 
-    if method:
+    if method == "shrink":
+        source = base or report.get("model") or "the source model"
+        params = report.get("parameters") or {}
+        lines += [
+            f"This model is `{source}` made smaller by llmprune's structured pruning (`llmprune shrink`): whole "
+            "MLP channels, attention heads or blocks were removed, so it is an ordinary smaller dense model.",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| ratio of the blocks' parameters removed | {report.get('ratio')} |",
+            f"| units | {', '.join(report.get('units') or []) if isinstance(report.get('units'), list) else report.get('units')} |",
+            f"| parameters before / after | {params.get('before')} / {params.get('after')} |",
+            "",
+        ]
+    elif method:
         what = f"{pattern} semi-structured" if pattern else f"{_percent(report.get('target_sparsity'))} unstructured"
         source = base or report.get("model") or "the source model"
         lines += [
@@ -139,7 +153,7 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
         ]
     else:
         lines += [
-            "The weights are ordinary dense safetensors (the pruned weights are zeros):",
+            "The weights are ordinary dense safetensors" + (":" if method == "shrink" else " (the pruned weights are zeros):"),
             "",
             "```python",
             f"from transformers import {model_class}, AutoTokenizer",

@@ -10,6 +10,11 @@ compressed-tensors readers expect, so vLLM and friends can load our folders):
 * ``sparse-24-bitmask`` (2:4 only): ``M.compressed`` is rows x cols/2, exactly two values
   per group of four, ``M.bitmask`` and ``M.shape`` as above.
 
+A 3-D stack of expert matrices (gpt-oss saves its fused experts as they are) is compressed as the
+2-D (experts x outputs, inputs) matrix of its experts one under the other: ``M.shape`` then holds
+[experts, outputs, inputs], the tensor keeps its own name ``M`` (listed under ``stacked`` in the
+sparsity config), and N:M groups run along each expert's inputs.
+
 Zeros are found by value (``w != 0``), so a negative zero comes back as ``+0.0``; every
 other bit pattern, NaN included, round-trips exactly.
 """
@@ -156,9 +161,12 @@ def compress_24(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def decompress(parts: dict[str, torch.Tensor], name: str = "tensor") -> torch.Tensor:
-    """The dense weight from its parts (keys without the module prefix); either layout."""
+    """The dense weight from its parts (keys without the module prefix); either layout, 2-D or a 3-D stack."""
     try:
-        rows, cols = (int(v) for v in parts["shape"].reshape(-1).tolist())
+        dims = [int(v) for v in parts["shape"].reshape(-1).tolist()]
+        if len(dims) not in (2, 3):
+            raise ValueError(f"shape {dims} is neither a matrix nor a stack of matrices")
+        rows, cols = (dims[0] * dims[1], dims[2]) if len(dims) == 3 else dims
         values = parts["compressed"].reshape(-1)
         # as bool: numpy's nonzero has a fast path for bool arrays, ~20x quicker than on uint8
         mask = np.unpackbits(parts["bitmask"].numpy(), axis=-1, count=cols, bitorder="little").view(np.bool_)
@@ -171,7 +179,7 @@ def decompress(parts: dict[str, torch.Tensor], name: str = "tensor") -> torch.Te
     # whole buffer once more before the scatter does.
     flat = np.zeros(rows * cols, dtype=_bits(values).dtype)
     flat[where] = _bits(values)  # row-major, the order the values were taken in
-    return torch.from_numpy(flat).view(values.dtype).reshape(rows, cols)
+    return torch.from_numpy(flat).view(values.dtype).reshape(dims)
 
 
 # --- choosing what to compress ---------------------------------------------------------------
@@ -183,36 +191,49 @@ def bitmask_bytes(weight: torch.Tensor) -> int:
     return nonzeros * weight.element_size() + rows * ((cols + 7) // 8) + 8 * rows + 16
 
 
+def as_matrix(tensor: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, list[int]]:
+    """A weight as the (outputs x inputs) matrix the layouts store, and the shape to record: a 3-D
+    stack of experts becomes its experts' matrices one under the other."""
+    if transposed:
+        tensor = tensor.transpose(-1, -2)
+    shape = list(tensor.shape)
+    return tensor.contiguous().reshape(-1, shape[-1]), shape
+
+
 def compress_state_dict(
     state_dict: dict[str, torch.Tensor], targets: Iterable[str], structure: str = UNSTRUCTURED,
-    transposed: Iterable[str] = (),
+    transposed: Iterable[str] = (), stacked: Iterable[str] = (),
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """(tensors to write, modules compressed, target modules left dense).
 
-    ``targets`` are module names whose ``.weight`` should be compressed. Under the
-    unstructured layout a weight that would not get smaller (a layer left dense) is
-    stored as it is; under 2:4 every target must be 2:4 or the save is refused.
-    ``transposed`` modules store their weight (inputs x outputs), as GPT-2's Conv1D: they are
-    compressed as (outputs x inputs), so N:M groups run along the inputs as the layout means.
+    ``targets`` are module names whose ``.weight`` should be compressed; ``stacked`` are the names of
+    3-D expert stacks to compress (kept under their own name). Under the unstructured layout a weight
+    that would not get smaller (a layer left dense) is stored as it is; under 2:4 every target must
+    be 2:4 or the save is refused. ``transposed`` modules (or stacks) store their weight (inputs x
+    outputs), as GPT-2's Conv1D or gpt-oss's experts: they are compressed as (outputs x inputs), so
+    N:M groups run along the inputs as the layout means.
     """
     transposed = set(transposed)
+    stacked = set(stacked)
     if structure not in FORMAT_FOR_STRUCTURE:
         raise LLMPruneError(f"unknown sparsity structure '{structure}' (use {', '.join(FORMAT_FOR_STRUCTURE)})")
     wanted = {f"{t}.weight" for t in targets}
     out: dict[str, torch.Tensor] = {}
     compressed, left_dense = [], []
     for key, tensor in state_dict.items():
-        if key not in wanted or tensor.dim() != 2:
+        is_stack = key in stacked and tensor.dim() == 3
+        if not is_stack and (key not in wanted or tensor.dim() != 2):
             out[key] = tensor
             continue
-        module = key[: -len(".weight")]
-        if module in transposed:
-            tensor = tensor.t().contiguous()
+        module = key if is_stack else key[: -len(".weight")]
+        tensor, shape = as_matrix(tensor, module in transposed)
         if structure == "2:4":
             out.update(compress_24(module, tensor))
+            out[f"{module}.shape"] = torch.tensor(shape, dtype=torch.int64)
             compressed.append(module)
         else:
             parts = compress_bitmask(module, tensor)
+            parts[f"{module}.shape"] = torch.tensor(shape, dtype=torch.int64)
             if sum(_nbytes(p) for p in parts.values()) < _nbytes(tensor):
                 out.update(parts)
                 compressed.append(module)
@@ -302,15 +323,25 @@ def iter_dense_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]
             if suffix in PARTS:
                 parts_of.setdefault(stem, {})[suffix] = key
         compressed = {stem for stem, parts in parts_of.items() if "compressed" in parts and "bitmask" in parts}
-        transposed = set((sparsity_config(folder) or {}).get("transposed") or ())
+        config = sparsity_config(folder) or {}
+        transposed, stacked = set(config.get("transposed") or ()), set(config.get("stacked") or ())
         for key, handle in where.items():
             stem, _, suffix = key.rpartition(".")
             if stem not in compressed or suffix not in PARTS:
                 yield key, handle.get_tensor(key)
             elif suffix == "compressed":
                 parts = {part: where[k].get_tensor(k) for part, k in parts_of[stem].items()}
-                dense = decompress(parts, stem)
-                yield f"{stem}.weight", dense.t().contiguous() if stem in transposed else dense
+                yield dense_name(stem, stacked), restored(decompress(parts, stem), stem in transposed)
+
+
+def dense_name(stem: str, stacked: set[str]) -> str:
+    """The name a compressed weight has once dense: ``M.weight``, or its own name for an expert stack."""
+    return stem if stem in stacked else f"{stem}.weight"
+
+
+def restored(dense: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A decompressed (outputs x inputs) weight back in the axis order it is stored in."""
+    return dense.transpose(-1, -2).contiguous() if transposed else dense
 
 
 def sparsity_config(folder_or_config: str | Path | dict) -> dict | None:
@@ -332,11 +363,12 @@ def sparsity_config(folder_or_config: str | Path | dict) -> dict | None:
 
 
 def quantization_config(structure: str, global_sparsity: float, targets: list[str], ignore: list[str],
-                        transposed: list[str] = ()) -> dict:
+                        transposed: list[str] = (), stacked: list[str] = ()) -> dict:
     """The ``quantization_config`` entry announcing the sparse layout in config.json.
 
     ``transposed`` (llmprune's own key, only when there are any) lists the modules compressed as the
-    transpose of their stored weight.
+    transpose of their stored weight; ``stacked`` (also llmprune's) the 3-D expert stacks compressed
+    expert by expert, which keep their own tensor name.
     """
     fmt = FORMAT_FOR_STRUCTURE[structure]
     entry = {
@@ -353,6 +385,8 @@ def quantization_config(structure: str, global_sparsity: float, targets: list[st
     }
     if transposed:
         entry["sparsity_config"]["transposed"] = sorted(transposed)
+    if stacked:
+        entry["sparsity_config"]["stacked"] = sorted(stacked)
     return entry
 
 
@@ -376,17 +410,37 @@ def _untied_state_dict(model) -> dict[str, torch.Tensor]:
         return out
 
 
-def default_targets(model) -> list[str]:
-    """Every linear layer inside the decoder blocks (what the pruning engine prunes by default)."""
-    from ..anatomy import find_blocks, is_linear
+def pruned_tensors(model, report: dict) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+    """(what ``save_pretrained`` would write, each of its tensors holding pruned weights -> whether
+    it is stored transposed).
 
-    prefix, blocks = find_blocks(model)
-    return [
-        f"{prefix}.{i}.{name}"
-        for i, block in enumerate(blocks)
-        for name, module in block.named_modules()
-        if is_linear(module)
-    ]
+    The pruned weights are the report's ``layers`` when given, else every prunable matrix of the
+    blocks. The saved tensors are the model's after transformers' own conversion on save, so fused
+    experts come out as the dense save writes them (one 2-D weight per expert for most families).
+    """
+    from ..anatomy import block_weights, find_blocks, router_weights
+    from .conversion import saved_state, saved_tensors
+
+    state_dict = _untied_state_dict(model)
+    saved = saved_state(model, dict(state_dict))
+    if set(saved) == set(state_dict):
+        saved = state_dict  # no conversion: keep the state dict's own order
+    layers = set(report.get("layers") or ())
+    path, blocks = find_blocks(model)
+    wanted: dict[str, bool] = {}
+    for index, block in enumerate(blocks):
+        prefix = f"{path}.{index}."
+        candidates = {**block_weights(block), **(router_weights(block) if layers else {})}
+        for name, weight in candidates.items():
+            if not layers or prefix + name in layers:
+                wanted[prefix + weight.tensor] = weight.transposed
+    targets: dict[str, bool] = {}
+    for tensor, transposed in wanted.items():
+        if tensor in saved:
+            targets[tensor] = transposed
+        elif tensor in state_dict:  # converted on save: the 2-D per-expert weights are (outputs x inputs)
+            targets.update({name: False for name in saved_tensors(model, tensor, state_dict[tensor].to("meta"))})
+    return saved, targets
 
 
 def structure_for_pattern(pattern: str | None) -> str:
@@ -406,17 +460,18 @@ def save_sparse_model(
     The pruned layers are the report's ``layers`` when given, else every linear layer of
     the blocks. Returns the ``quantization_config`` written.
     """
-    from ..anatomy import is_linear, is_transposed
+    from ..anatomy import is_linear
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     report = report or {}
     structure = structure or structure_for_pattern(report.get("pattern"))
     modules = dict(model.named_modules())
-    targets = [name for name in (report.get("layers") or {}) if name in modules] or default_targets(model)
-    state_dict = _untied_state_dict(model)
-    transposed = [name for name in targets if is_transposed(modules[name])]
-    tensors, compressed, left_dense = compress_state_dict(state_dict, targets, structure, transposed)
+    state_dict, wanted = pruned_tensors(model, report)
+    targets = [key[: -len(".weight")] for key in wanted if key.endswith(".weight") and state_dict[key].dim() == 2]
+    stacked = [key for key in wanted if state_dict[key].dim() == 3]
+    transposed = [key if key in stacked else key[: -len(".weight")] for key, flag in wanted.items() if flag]
+    tensors, compressed, left_dense = compress_state_dict(state_dict, targets, structure, transposed, stacked)
     if not compressed:
         raise LLMPruneError("no layer got smaller in the sparse format (is the model pruned?); save it dense instead")
     write_sharded(tensors, folder, max_shard_bytes)
@@ -426,14 +481,15 @@ def save_sparse_model(
     sparsity = report.get("total_sparsity")
     if sparsity is None:
         # counted on the kept values: 2:4 groups may store a zero to fill their two slots
-        total = sum(state_dict[f"{m}.weight"].numel() for m in compressed)
+        total = sum(state_dict[dense_name(m, set(stacked))].numel() for m in compressed)
         kept = [tensors[f"{m}.compressed"] for m in compressed]
         nonzeros = sum(int(np.count_nonzero(_nonzero(_bits(v), v.is_floating_point()))) for v in kept)
         sparsity = 1 - nonzeros / total
     compressed_set = set(compressed)
     ignore = [name for name, module in modules.items() if is_linear(module) and name not in compressed_set]
-    compressed_transposed = [name for name in transposed if name in compressed_set]
-    quant = quantization_config(structure, sparsity, ["Linear"], ignore, compressed_transposed)
+    quant = quantization_config(structure, sparsity, ["Linear"], ignore,
+                                [name for name in transposed if name in compressed_set],
+                                [name for name in stacked if name in compressed_set])
 
     model.config.save_pretrained(folder)
     config_path = folder / "config.json"

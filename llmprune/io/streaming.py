@@ -34,8 +34,9 @@ from torch import nn
 from ..anatomy import find_blocks
 from ..errors import LLMPruneError
 from ..process import resolve_device, resolve_dtype, return_freed_memory
+from .conversion import assembled, saved_state, saved_tensors
 from .loading import resolve_model_path
-from .sparse import PARTS, decompress, sparsity_config
+from .sparse import PARTS, decompress, dense_name, restored, sparsity_config
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -73,12 +74,14 @@ class Checkpoint:
         self.file_of: dict[str, str] = weight_map
         # A folder in llmprune's sparse layout holds M.compressed, M.bitmask, ... for a weight M.weight:
         # the weight is listed under its own name and decompressed when read.
-        self.transposed = set((sparsity_config(folder) or {}).get("transposed") or ())
+        config = sparsity_config(folder) or {}
+        self.transposed = set(config.get("transposed") or ())
+        stacked = set(config.get("stacked") or ())
         self.parts_of: dict[str, dict[str, str]] = {}
         for key in weight_map:
             stem, _, suffix = key.rpartition(".")
             if suffix in PARTS:
-                self.parts_of.setdefault(f"{stem}.weight", {})[suffix] = key
+                self.parts_of.setdefault(dense_name(stem, stacked), {})[suffix] = key
         self.parts_of = {name: parts for name, parts in self.parts_of.items() if {"compressed", "bitmask"} <= set(parts)}
         for name, parts in self.parts_of.items():
             self.file_of[name] = weight_map[parts["compressed"]]
@@ -103,9 +106,8 @@ class Checkpoint:
         for key in keys:
             if key in self.parts_of:
                 parts = {part: tensors.pop(stored) for part, stored in self.parts_of[key].items()}
-                dense = decompress(parts, key)
-                stem = key[: -len(".weight")]
-                tensors[key] = dense.t().contiguous() if stem in self.transposed else dense
+                stem = next(iter(self.parts_of[key].values())).rpartition(".")[0]
+                tensors[key] = restored(decompress(parts, key), stem in self.transposed)
         return tensors
 
 
@@ -250,13 +252,20 @@ class TensorPlaces:
         self.aliases = {name: group for group in groups.values() for name in group}  # tied weights
         prefix = getattr(model, "base_model_prefix", "") or ""
         self.source: dict[str, str] = {}
+        # Tensors stored converted (transformers fuses per-expert checkpoint weights on load):
+        # name -> the checkpoint tensors it is assembled from, in place, on load.
+        self.converted: dict[str, list[str]] = {}
         for name in self.names:
             for candidate in self.aliases[name] + [n.removeprefix(prefix + ".") for n in self.aliases[name]]:
                 if candidate in checkpoint.file_of:
                     self.source[name] = candidate
                     break
             else:
-                if not _is_non_persistent(model, name):
+                parts = list(saved_tensors(model, name, state[name])) if not _is_non_persistent(model, name) else []
+                if parts and all(part in checkpoint.file_of for part in parts) and parts != [name]:
+                    self.source[name] = name
+                    self.converted[name] = parts
+                elif not _is_non_persistent(model, name):
                     raise LLMPruneError(
                         f"cannot stream this checkpoint: no tensor for '{name}' in it (its tensors need a "
                         "conversion on load that streaming does not do); run without --stream"
@@ -265,13 +274,20 @@ class TensorPlaces:
     def load(self, checkpoint: Checkpoint, names: list[str]) -> None:
         """Read ``names`` from the checkpoint and put them in place, cast to the skeleton's dtypes."""
         wanted = [n for n in names if n in self.source]
-        tensors = checkpoint.read(sorted({self.source[n] for n in wanted}))
+        tensors = checkpoint.read(sorted({key for n in wanted for key in self.converted.get(n, [self.source[n]])}))
         done: set[str] = set()
         for name in wanted:
             if name in done:
                 continue
             current = self.model.get_parameter(name) if _is_parameter(self.model, name) else self.model.get_buffer(name)
-            value = tensors[self.source[name]]
+            if name in self.converted:
+                made = assembled(self.model, {part: tensors.pop(part) for part in self.converted[name]})
+                if name not in made:
+                    raise LLMPruneError(f"cannot stream this checkpoint: its tensors {self.converted[name][0]}, ... do not "
+                                        f"assemble into {name}; run without --stream")
+                value = made[name]
+            else:
+                value = tensors[self.source[name]]
             if value.is_floating_point() and value.dtype != current.dtype:
                 value = value.to(current.dtype)
             if tuple(value.shape) != tuple(current.shape):
@@ -371,21 +387,27 @@ class OutputPlan:
 
     def __init__(self, model: nn.Module):
         from huggingface_hub import split_torch_state_dict_into_shards
-        from transformers.core_model_loading import revert_weight_conversion
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
         state = model.state_dict()  # meta tensors: names, dtypes and shapes only
         kept = remove_tied_weights_from_state_dict(state, model)
         ids = {id(tensor): name for name, tensor in kept.items()}
-        saved = revert_weight_conversion(model, kept)
+        saved = saved_state(model, kept)
         self.model_name: dict[str, str] = {}  # saved name -> the model's state-dict name
+        self.converted: set[str] = set()  # model names saved as several rearranged tensors (MoE experts)
         for name, tensor in saved.items():
-            if id(tensor) not in ids:
-                raise LLMPruneError(
-                    f"cannot stream {type(model).__name__}: its saved tensors are converted from the loaded ones "
-                    f"(e.g. {name}); run without --stream"
-                )
-            self.model_name[name] = ids[id(tensor)]
+            if id(tensor) in ids:
+                self.model_name[name] = ids[id(tensor)]
+        for model_name in set(kept) - set(self.model_name.values()):
+            for name in saved_tensors(model, model_name, kept[model_name]):
+                self.model_name[name] = model_name
+            self.converted.add(model_name)
+        unknown = sorted(set(saved) - set(self.model_name))
+        if unknown:
+            raise LLMPruneError(
+                f"cannot stream {type(model).__name__}: its saved tensors are converted from the loaded ones "
+                f"(e.g. {unknown[0]}); run without --stream"
+            )
         self.specs = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in saved.items()}
         # save_pretrained's own defaults: the pattern, the 50GB shard size, the index layout.
         split = split_torch_state_dict_into_shards(saved, filename_pattern="model{suffix}.safetensors", max_shard_size=MAX_SHARD_SIZE)
@@ -411,6 +433,10 @@ class OutputPlan:
     def write_tensors(self, writer: ShardWriter, model: nn.Module, names: list[str]) -> None:
         state = model.state_dict(keep_vars=True)
         for name in names:
+            if name in self.converted:
+                for saved_name, view in saved_tensors(model, name, state[name].detach()).items():
+                    writer.write(saved_name, view)
+                continue
             for saved_name in self.saved_names_of.get(name, []):
                 writer.write(saved_name, state[name])
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..errors import LLMPruneError
+from .admm import ADMM
 from .base import PruneResult, PruningMethod, SparsityTarget
 from .magnitude import Magnitude
 from .ria import RIA
 from .sparsegpt import SparseGPT
 from .wanda import Wanda
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Magnitude, Wanda, SparseGPT, RIA)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Magnitude, Wanda, SparseGPT, RIA, ADMM)}
 
 
 def get_method(name: str | PruningMethod, **options) -> PruningMethod:

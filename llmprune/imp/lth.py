@@ -1,0 +1,278 @@
+"""The vision / MLP domain: the original lottery-ticket experiments (Frankle & Carbin, ICLR 2019).
+
+A job trains a small network from its initialisation with Adam (a fresh optimiser every job,
+so no moment carries over from a pruned weight) for a fixed number of iterations over
+tensors held in memory, re-applies the mask after every step, and evaluates validation and
+test every ``eval_every`` iterations; the early-stopping iteration is the one with the
+lowest validation loss, and test accuracy is reported there and at the end. The shared
+runner does rounds, controls, trials, resume and rewinding; ``lth_report`` writes the report,
+CSV and plots. The presets hold the paper's protocol; every value can be overridden.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import LLMPruneError
+from .masks import Masks
+from .options import LTHConfig, parse_hidden, parse_rewind
+from .pruning import GlobalRule, LayerwiseRule
+from .runner import IMPRunner, RunDir
+from .vision_data import Dataset, load_data
+from .vision_models import CONV_BLOCKS, build_model, glorot_gaussian_, prunable_weights
+
+# The paper's protocol (shared/ALGORITHMS.md). rate: fully connected layers, conv_rate:
+# convolutions, output_rate: the output layer (None: half of rate); rounds None: until every
+# layer is down to min_keep weights.
+PRESETS: dict[str, dict] = {
+    "lenet": dict(architecture="mlp", data="fashion-mnist", hidden="300,100", iterations=50_000, lr=1.2e-3,
+                  batch_size=60, rate=0.2, conv_rate=None, output_rate=None, rounds=15, rewind="init", min_keep=1),
+    "conv2": dict(architecture="conv2", data="cifar10", hidden=None, iterations=20_000, lr=2e-4, batch_size=60,
+                  rate=0.2, conv_rate=0.1, output_rate=None, rounds=15, rewind="init", min_keep=1),
+    "conv4": dict(architecture="conv4", data="cifar10", hidden=None, iterations=25_000, lr=3e-4, batch_size=60,
+                  rate=0.2, conv_rate=0.1, output_rate=None, rounds=15, rewind="init", min_keep=1),
+    "conv6": dict(architecture="conv6", data="cifar10", hidden=None, iterations=30_000, lr=3e-4, batch_size=60,
+                  rate=0.2, conv_rate=0.15, output_rate=None, rounds=15, rewind="init", min_keep=1),
+    # the toy: 25% of each layer per round until two weights per layer remain, rewinding to
+    # the weights after the first iteration; controls only on the final four-weight ticket
+    "sum-of-two": dict(architecture="sum-of-two", data="sum-of-two", hidden="200", iterations=2000, lr=1e-2,
+                       batch_size=100, rate=0.25, conv_rate=None, output_rate=0.25, rounds=None, rewind="step:1",
+                       min_keep=2),
+}
+SHOW_WEIGHTS_UP_TO = 16  # a ticket this small has its trained weights in the report
+SUM_OF_TWO_CONTROLS = {"reinit": "reinit", "permuted": "permuted"}
+# settings that do not change any number, so a resumed run may differ in them
+NOT_COMPARED = ("output", "progress", "device", "overwrite")
+
+
+@dataclass
+class Protocol:
+    """Every value of one run, the preset filled in under what the user set."""
+
+    preset: str
+    architecture: str
+    data: str
+    hidden: list[int] | None
+    iterations: int
+    lr: float
+    batch_size: int
+    rate: float
+    conv_rate: float
+    output_rate: float
+    rounds: int | None
+    rewind: str
+    min_keep: int
+    pruning: str
+    eval_every: int
+    validation_size: int | None
+
+
+def resolve(config: LTHConfig) -> Protocol:
+    values = dict(PRESETS[config.preset])
+    for key in ("data", "hidden", "iterations", "lr", "batch_size", "rate", "conv_rate", "output_rate", "rounds",
+                "rewind"):
+        if getattr(config, key) is not None:
+            values[key] = getattr(config, key)
+    values["hidden"] = parse_hidden(values["hidden"]) if values["hidden"] else None
+    values["conv_rate"] = values["rate"] if values["conv_rate"] is None else values["conv_rate"]
+    values["output_rate"] = values["rate"] / 2 if values["output_rate"] is None else values["output_rate"]
+    if config.preset == "sum-of-two" and values["data"] != "sum-of-two":
+        raise LLMPruneError("the sum-of-two preset makes its own data; leave out --data")
+    protocol = Protocol(preset=config.preset, pruning=config.pruning, eval_every=config.eval_every,
+                        validation_size=config.validation_size, **values)
+    if protocol.eval_every > protocol.iterations:
+        raise LLMPruneError(f"--eval-every {protocol.eval_every} is more than --iterations {protocol.iterations}")
+    return protocol
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise LLMPruneError(f"--device {spec}: no CUDA device here (use cpu or auto)")
+    return torch.device(spec)
+
+
+class VisionDomain:
+    """Training from scratch on in-memory tensors, scored by accuracy (or RMSE for regression)."""
+
+    def __init__(self, data: Dataset, model_factory: Callable[[int], nn.Module], iterations: int, lr: float,
+                 batch_size: int, eval_every: int = 100, device: str = "cpu", progress: bool = True):
+        self.device = pick_device(device)
+        self.data = data.to(self.device)
+        self.model_factory = model_factory
+        self.iterations, self.lr, self.batch_size, self.eval_every = iterations, lr, batch_size, eval_every
+        self.progress = progress
+        if batch_size > len(data.train):
+            raise LLMPruneError(f"--batch-size {batch_size} is larger than the {len(data.train)} training examples")
+
+    @property
+    def regression(self) -> bool:
+        return self.data.classes == 0
+
+    def new_model(self, seed: int) -> nn.Module:
+        return self.model_factory(seed).to(self.device)
+
+    def prunable(self, model: nn.Module) -> dict:
+        return prunable_weights(model)
+
+    @torch.no_grad()
+    def reinitialise(self, model: nn.Module, params: dict, seed: int) -> None:
+        """Fresh Gaussian Glorot weights for every prunable layer (biases keep their rewind values)."""
+        generator = torch.Generator().manual_seed(seed)
+        for p in params.values():
+            fresh = glorot_gaussian_(torch.empty(p.shape), generator)
+            p.copy_(fresh)
+
+    def reset_at_rewind(self, model: nn.Module) -> set[str]:
+        return set()
+
+    def total_steps(self) -> int:
+        return self.iterations
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target) if self.regression else F.cross_entropy(output, target)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        scores = {}
+        for split_name, split in (("validation", self.data.validation), ("test", self.data.test)):
+            losses, correct = [], 0
+            for start in range(0, len(split), 10_000):
+                output = model(split.x[start:start + 10_000])
+                target = split.y[start:start + 10_000]
+                reduction = F.mse_loss if self.regression else F.cross_entropy
+                losses.append(reduction(output, target, reduction="sum"))
+                if not self.regression:
+                    correct += int((output.argmax(1) == target).sum())
+            mean_loss = float(torch.stack(losses).sum()) / len(split)
+            scores[f"{split_name}_loss"] = mean_loss
+            if self.regression:
+                scores[f"{split_name}_rmse"] = mean_loss ** 0.5
+            else:
+                scores[f"{split_name}_accuracy"] = correct / len(split)
+        model.train()
+        return scores
+
+    def train(self, model: nn.Module, masks: Masks | None, seed: int, on_step, desc: str) -> dict:
+        params = prunable_weights(model)
+        names = list(masks) if masks is not None else []
+        weights = [params[n] for n in names]
+        factors = [masks[n].to(device=self.device, dtype=weights[i].dtype) for i, n in enumerate(names)]
+        # a fresh Adam every job: moments left from an earlier round would move pruned weights
+        optimiser = torch.optim.Adam(model.parameters(), lr=self.lr)
+        if weights:
+            with torch.no_grad():
+                torch._foreach_mul_(weights, factors)
+        x, y, count = self.data.train.x, self.data.train.y, len(self.data.train)
+        generator = torch.Generator().manual_seed(seed)
+        order, position = torch.randperm(count, generator=generator).to(self.device), 0
+        curve: dict[str, list] = {"iteration": []}
+        model.train()
+        bar = tqdm(total=self.iterations, desc=desc, leave=False, disable=not self.progress, mininterval=1.0)
+        for step in range(1, self.iterations + 1):
+            if position + self.batch_size > count:  # a new epoch in a new order
+                order, position = torch.randperm(count, generator=generator).to(self.device), 0
+            batch = order[position:position + self.batch_size]
+            position += self.batch_size
+            loss = self.loss(model(x[batch]), y[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if weights:
+                with torch.no_grad():  # pruned weights back to exact zeros after every step
+                    torch._foreach_mul_(weights, factors)
+            if on_step is not None:
+                on_step(step)
+            if step % self.eval_every == 0 or step == self.iterations:
+                curve["iteration"].append(step)
+                for key, value in self.evaluate(model).items():
+                    curve.setdefault(key, []).append(value)
+                bar.update(step - bar.n)
+        bar.close()
+        result = {"steps": self.iterations, **summarise_curve(curve, self.regression), "curve": curve}
+        if masks is not None and sum(int(m.sum()) for m in masks.values()) <= SHOW_WEIGHTS_UP_TO:
+            result["surviving_weights"] = surviving_weights(params, masks)
+        return result
+
+
+def surviving_weights(params: dict, masks: Masks) -> dict[str, list]:
+    """Layer -> [[index..., trained value]] of every weight the mask keeps."""
+    return {name: [[*map(int, index), float(params[name].detach()[tuple(index)])] for index in mask.nonzero().tolist()]
+            for name, mask in masks.items()}
+
+
+def summarise_curve(curve: dict[str, list], regression: bool) -> dict:
+    """The early stop (lowest validation loss, the first on ties) and the test score there and at the end."""
+    losses = curve["validation_loss"]
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    key = "test_rmse" if regression else "test_accuracy"
+    return {"early_stop_iteration": curve["iteration"][best], key: curve[key][best],
+            f"final_{key}": curve[key][-1], "early_stop_validation_loss": losses[best]}
+
+
+def pruning_rule(protocol: Protocol, model: nn.Module):
+    params = prunable_weights(model)
+    names = list(params)
+    if protocol.pruning == "global":
+        total = sum(p.numel() for p in params.values())
+        if protocol.rounds is None:
+            raise LLMPruneError("global pruning needs --rounds")
+        levels = [round(1 - (1 - protocol.rate) ** r, 12) for r in range(1, protocol.rounds + 1)]
+        if any(round((1 - level) * total) < 1 for level in levels):
+            raise LLMPruneError(f"{protocol.rounds} rounds at {protocol.rate:g} would remove every weight")
+        return GlobalRule(levels, random_matches_layers=True)
+    modules = dict(model.named_modules())
+    rates = {}
+    for name in names:
+        layer = modules[name.removesuffix(".weight")]
+        is_conv = isinstance(layer, (nn.Conv1d, nn.Conv2d))
+        rates[name] = protocol.output_rate if name == names[-1] else protocol.conv_rate if is_conv else protocol.rate
+    return LayerwiseRule({n: p.numel() for n, p in params.items()}, rates, protocol.rounds, protocol.min_keep)
+
+
+def run_lth(config: LTHConfig, model_factory: Callable[[int], nn.Module] | None = None,
+            data: Dataset | None = None) -> dict:
+    """Run (or resume) the experiment, then write lth_report.json/.csv, the plots and the winning ticket.
+
+    ``model_factory(seed)`` (any ``nn.Module`` classifier, initialised from the seed) and
+    ``data`` replace the preset's network and ``--data`` from Python.
+    """
+    from .lth_report import build_report, save_ticket, write_report
+
+    protocol = resolve(config)
+    if data is None:
+        data = load_data(protocol.data, config.seed, protocol.validation_size)
+    if model_factory is None:
+        if protocol.architecture in CONV_BLOCKS and len(data.input_shape) != 3:
+            raise LLMPruneError(f"{config.preset} needs image data; {data.name} has inputs of shape {data.input_shape}")
+
+        def model_factory(seed: int) -> nn.Module:
+            return build_model(protocol.architecture, data.input_shape, max(data.classes, 1), protocol.hidden, seed)
+
+    domain = VisionDomain(data, model_factory, protocol.iterations, protocol.lr, protocol.batch_size,
+                          protocol.eval_every, config.device, config.progress)
+    rule = pruning_rule(protocol, model_factory(config.seed))
+    toy = config.preset == "sum-of-two"
+    controls = SUM_OF_TWO_CONTROLS if toy else {c: c for c in config.controls}
+    compared = {"protocol": asdict(protocol), "trials": config.trials, "seed": config.seed,
+                "controls": list(controls), "data_name": data.name,
+                "data_sizes": [len(data.train), len(data.validation), len(data.test)]}
+    runner = IMPRunner(domain, rule, [config.seed + i for i in range(config.trials)],
+                       RunDir(config.output, compared, {}, config.overwrite), controls,
+                       ticket_kind="ticket", rewind_step=parse_rewind(protocol.rewind),
+                       control_min_sparsity=rule.levels[-1] if toy else 0.0, progress=config.progress)
+    results = runner.run()
+    report = build_report(results, rule, protocol, data, compared, regression=domain.regression)
+    report["timing"]["this_invocation_seconds"] = round(runner.seconds, 1)
+    ticket = save_ticket(runner, domain, report, Path(config.output) / "ticket")
+    report["ticket"] = str(ticket) if ticket else None
+    write_report(report, Path(config.output), results)
+    return report
