@@ -52,3 +52,13 @@ def test_sparsegpt_beats_wanda_at_2_4(smollm):
     sparsegpt = pruned_ppl("sparsegpt", pattern="2:4")
     print(f"2:4 wanda {wanda:.1f} sparsegpt {sparsegpt:.1f}")
     assert sparsegpt < wanda
+
+
+def test_admm_clearly_beats_sparsegpt_at_70_percent(smollm):
+    # Measured with this calibration (16 x 256) and 16 test windows: ADMM 95.5 against SparseGPT 157.9
+    # (eval/results/admm.md), 0.60x; the margin asked here, 0.8x, leaves room for the 8-window slice.
+    _, pruned_ppl = smollm
+    sparsegpt = pruned_ppl("sparsegpt", sparsity=0.7)
+    admm = pruned_ppl("admm", sparsity=0.7)
+    print(f"70% sparsegpt {sparsegpt:.1f} admm {admm:.1f}")
+    assert admm < 0.8 * sparsegpt
