@@ -78,7 +78,7 @@ def main() -> None:
                f"{EXPERT_WIDTH}, {TOP_K} per token; dense: FFN width {EXPERTS * EXPERT_WIDTH}; hidden 1024, 4 blocks")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "moe.json").write_text(json.dumps({"setting": setting, "rows": rows}, indent=2) + "\n")
-    lines = [f"# MoE vs dense FFN of the same size: prune time and peak memory\n", f"Setting: {setting}.\n",
+    lines = ["# MoE vs dense FFN of the same size: prune time and peak memory\n", f"Setting: {setting}.\n",
              f"Command: `.venv/bin/python eval/bench_moe.py --nsamples {args.nsamples} --seqlen {args.seqlen}`\n",
              "| model | method | parameters | model MiB | prune s | peak RSS MiB | RSS before pruning MiB | sparsity | experts fell back |",
              "|---|---|---|---|---|---|---|---|---|"]

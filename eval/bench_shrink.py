@@ -73,7 +73,6 @@ def quality_worker(spec: dict) -> dict:
             model(input_ids=calibration, use_cache=False, logits_to_keep=1)
             row["calibration_forward_s"] = round(time.perf_counter() - started, 2)
     elif spec["recipe"].startswith("torch-pruning"):
-        from safetensors.torch import load_file
 
         folder = Path(spec["peer_folder"])
         model = __import__("transformers").AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

@@ -69,7 +69,6 @@ def test_auto_reads_the_train_split_with_another_seed(monkeypatch):
     import llmprune.calibration as calibration
 
     seeds = []
-    original = calibration.calibration_batch
 
     def recording(tokenizer, source="wikipedia", nsamples=128, seqlen=2048, seed=0):
         seeds.append((source, nsamples, seed))

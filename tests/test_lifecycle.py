@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from torch import nn
 
 import llmprune
@@ -15,7 +14,6 @@ from llmprune.anatomy import find_blocks, prunable_weights
 from llmprune.cli import main
 from llmprune.engine import Lifecycle
 from llmprune.inspect import inspect_folder
-from llmprune.methods import get_method
 from llmprune.methods.wanda import Wanda
 from tests.conftest import random_calibration, tiny_model, tiny_tokenizer
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import FAMILIES, random_calibration, tiny_model, tiny_tokenizer
+from tests.conftest import FAMILIES, random_calibration, tiny_tokenizer
 from llmprune.cli import main
 from llmprune.errors import LLMPruneError
 from llmprune.anatomy import find_blocks, weight_matrix

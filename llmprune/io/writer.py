@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import LLMPruneError
-from .atomic import check_free_space, check_output_dir, write_file_atomically, write_folder_atomically
+from .atomic import check_free_space, write_file_atomically, write_folder_atomically
 
 REPORT_NAME = "llmprune_report.json"
 
