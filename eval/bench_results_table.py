@@ -33,6 +33,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PEER_SCRIPT = HERE / "peer_llmcompressor.py"
 PEER_METHODS = ("wanda", "sparsegpt")
+# A row's method is a recipe: a pruning method and "+"-joined modifiers, e.g. admm+reconstruct+auto.
+ALLOCATION_MODIFIERS = ("owl", "ramp", "auto")
+MODIFIERS = ("reconstruct", *ALLOCATION_MODIFIERS)
+PEER_MODIFIERS = ("owl",)  # llmcompressor's Wanda and SparseGPT modifiers take sparsity_profile="owl"
+
+
+def parse_recipe(recipe: str) -> tuple[str, dict]:
+    """``admm+reconstruct+auto`` -> ("admm", {"reconstruct": True, "allocation": "auto"})."""
+    method, *modifiers = recipe.split("+")
+    overrides: dict = {}
+    for modifier in modifiers:
+        if modifier == "reconstruct":
+            overrides["reconstruct"] = True
+        elif modifier in ALLOCATION_MODIFIERS and "allocation" not in overrides:
+            overrides["allocation"] = modifier
+        else:
+            raise SystemExit(f"unknown or repeated recipe modifier '{modifier}' in '{recipe}' (use {', '.join(MODIFIERS)})")
+    return method, overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="llama", help="model spec as llmprune takes it (default: llama = SmolLM2-135M)")
     p.add_argument("--name", default="smollm2-135m", help="results file name under --out-dir")
     p.add_argument("--out-dir", default=str(HERE / "results"))
-    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt")
+    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt",
+                   help="dense and recipes: a method with '+'-joined modifiers (reconstruct; owl, ramp or auto "
+                        "allocation), e.g. admm+reconstruct+auto; llmcompressor runs wanda/sparsegpt[+owl]")
     p.add_argument("--sparsities", default="0.5,0.6,0.7", help="unstructured sparsities ('' for none)")
     p.add_argument("--patterns", default="2:4,4:8", help="N:M patterns ('' for none)")
     p.add_argument("--nsamples", type=int, default=32)
@@ -76,12 +96,19 @@ def plan_rows(args: argparse.Namespace, peer: bool) -> list[dict]:
     wanted = split_list(getattr(args, "libraries", "llmprune,llmcompressor"))
     libraries = [("llmprune", [m for m in methods if m != "dense"])] if "llmprune" in wanted else []
     if peer and "llmcompressor" in wanted:
-        libraries.append(("llmcompressor", [m for m in methods if m in PEER_METHODS]))
+        libraries.append(("llmcompressor", [m for m in methods if peer_can_run(m)]))
     for library, names in libraries:
         for method in names:
             rows += [{"library": library, "method": method, "sparsity": s, "pattern": None} for s in sparsities]
-            rows += [{"library": library, "method": method, "sparsity": None, "pattern": p} for p in patterns]
+            # Per-block allocations give blocks different sparsities, which an N:M pattern cannot.
+            if not any(m in ALLOCATION_MODIFIERS for m in method.split("+")[1:]):
+                rows += [{"library": library, "method": method, "sparsity": None, "pattern": p} for p in patterns]
     return rows
+
+
+def peer_can_run(recipe: str) -> bool:
+    method, *modifiers = recipe.split("+")
+    return method in PEER_METHODS and all(m in PEER_MODIFIERS for m in modifiers)
 
 
 def row_key(row: dict) -> str:
@@ -144,9 +171,10 @@ def run_worker(spec_path: str) -> int:
         out["costs"] = measure_costs(model, tokenizer, calibration, args)
         out["report"] = {"total_sparsity": 0.0, "prune_seconds": None, "peak_rss_mb": llmprune.process.peak_rss_mb()}
     elif row["library"] == "llmprune":
+        method, overrides = parse_recipe(row["method"])
         out["report"] = llmprune.prune(
-            model, tokenizer, method=row["method"], sparsity=row["sparsity"], pattern=row["pattern"],
-            calibration_ids=calibration, seed=args.seed, progress=False,
+            model, tokenizer, method=method, sparsity=row["sparsity"], pattern=row["pattern"],
+            calibration_ids=calibration, seed=args.seed, progress=False, **overrides,
         )
         out["report"].pop("layers", None)
     else:  # llmcompressor pruned in the peer process; load its weights into our copy of the model
@@ -191,9 +219,10 @@ def run_row(row: dict, args, work: Path, calibration: Path, peer: str | None) ->
         spec["peer_weights"], spec["peer_report"] = str(work / f"{tag}.safetensors"), str(work / f"{tag}.peer.json")
         from llmprune.io.loading import resolve_model_path
 
-        command = [peer, str(PEER_SCRIPT), "--model-dir", resolve_model_path(args.model), "--method", row["method"],
+        command = [peer, str(PEER_SCRIPT), "--model-dir", resolve_model_path(args.model), "--method", row["method"].split("+")[0],
                    "--calibration", str(calibration), "--weights", spec["peer_weights"], "--report", spec["peer_report"]]
         command += ["--pattern", row["pattern"]] if row["pattern"] else ["--sparsity", str(row["sparsity"])]
+        command += ["--owl"] if "owl" in row["method"].split("+")[1:] else []
         if args.threads:
             command += ["--threads", str(args.threads)]
         log = work / f"{tag}.peer.log"
@@ -214,6 +243,13 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def same_rows_setting(a: dict, b: dict) -> bool:
+    """Rows can share one table when pruned and scored alike; the tasks may differ (a missing task shows as -),
+    and so may the thread count (it changes seconds, which are compared only within one run)."""
+    loose = ("tasks", "threads")
+    return {k: v for k, v in a.items() if k not in loose} == {k: v for k, v in b.items() if k not in loose}
+
+
 def pattern_density(pattern: str) -> float:
     """The sparsity an N:M pattern gives: N zeros in every M weights."""
     n, m = (int(x) for x in pattern.split(":"))
@@ -224,14 +260,15 @@ def summary_row(result: dict) -> dict:
     row, report, ev = result["row"], result["report"], result["eval"]
     tasks = ev.get("lm_eval", {}).get("tasks", {})
     return {
+        "produced_by": result.get("produced_by"),
+        "threads": result.get("threads"),
         "library": row["library"],
         "method": row["method"],
         "pattern": row["pattern"] or ("-" if row["method"] == "dense" else "unstructured"),
         "sparsity": row["sparsity"] if row["sparsity"] is not None else (pattern_density(row["pattern"]) if row["pattern"] else 0.0),
         "total_sparsity": report.get("total_sparsity"),
         "wikipedia_ppl": ev["ppl"]["wikipedia"]["ppl"],
-        "rt_sentiment_acc": tasks.get("rt_sentiment", {}).get("acc"),
-        "wiki_topic_acc": tasks.get("wiki_topic", {}).get("acc"),
+        **{f"{task}_acc": scores.get("acc") for task, scores in tasks.items()},
         "prune_seconds": report.get("prune_seconds"),
         "peak_rss_mb": report.get("peak_rss_mb"),
     }
@@ -245,15 +282,37 @@ def fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
-METHOD_ORDER = {"dense": 0, "magnitude": 1, "wanda": 2, "sparsegpt": 3}
+METHOD_ORDER = {"dense": 0, "magnitude": 1, "wanda": 2, "sparsegpt": 3, "ria": 4, "admm": 5}
 LIBRARY_ORDER = {"-": 0, "llmprune": 1, "llmcompressor": 2}
 
 
 def table_order(row: dict) -> tuple:
-    """Dense first; then by method, library, unstructured by sparsity before N:M patterns."""
+    """Dense first; then by method, recipe modifiers, library, unstructured by sparsity before N:M patterns."""
     r = row["row"]
-    return (METHOD_ORDER.get(r["method"], 9), LIBRARY_ORDER.get(r["library"], 9), r["pattern"] is not None,
+    method, _, modifiers = r["method"].partition("+")
+    return (METHOD_ORDER.get(method, 9), modifiers, LIBRARY_ORDER.get(r["library"], 9), r["pattern"] is not None,
             r["sparsity"] or 0.0, r["pattern"] or "")
+
+
+def task_columns(rows: list[dict], settings: dict) -> list[str]:
+    """This run's tasks first, then any other task that a merged or kept row was scored on."""
+    names = split_list(settings.get("tasks"))
+    for r in rows:
+        names += [key[: -len("_acc")] for key in r if key.endswith("_acc") and key[: -len("_acc")] not in names]
+    return names
+
+
+def sparsegpt_time_ratio(r: dict, rows: list[dict]) -> float | None:
+    """A recipe's prune seconds over plain SparseGPT's at the same target, both timed by this script with the same
+    thread count (the issue's cost yardstick); rows older than the field have none."""
+    if r["library"] != "llmprune" or not r["prune_seconds"] or not r.get("produced_by"):
+        return None
+    for other in rows:
+        if (other["library"], other["method"], other["pattern"], other["sparsity"], other.get("threads", "?")) == (
+                "llmprune", "sparsegpt", r["pattern"], r["sparsity"], r["threads"]) and other["prune_seconds"] \
+                and other.get("produced_by"):
+            return r["prune_seconds"] / other["prune_seconds"]
+    return None
 
 
 def write_outputs(results: dict, out_dir: Path, name: str) -> None:
@@ -263,6 +322,7 @@ def write_outputs(results: dict, out_dir: Path, name: str) -> None:
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     s, costs = results["settings"], results.get("costs") or {}
     forward_s = costs.get("calibration_forward_s")
+    tasks = task_columns(rows, s)
     lines = [
         f"# Pruning results: {s['model']}",
         "",
@@ -280,17 +340,24 @@ def write_outputs(results: dict, out_dir: Path, name: str) -> None:
         + (f", first {s['task_limit']} documents each" if s["task_limit"] else ", all documents")
         + ", 0-shot, accuracy.",
         "",
-        "| library | method | pattern | target | total sparsity | Wikipedia ppl | rt_sentiment acc | wiki_topic acc | prune s | prune / fwd | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| library | method | pattern | target | total sparsity | Wikipedia ppl | "
+        + "".join(f"{task} acc | " for task in tasks) + "prune s | prune / fwd | prune / SparseGPT | peak RSS MB |",
+        "|---|---|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|",
     ]
     for r in rows:
-        ratio = r["prune_seconds"] / forward_s if r["prune_seconds"] and forward_s else None
+        # The forward-pass yardstick holds only for rows timed in the run that measured it (or older rows, which predate the field).
+        same_run = r.get("produced_by") in (None, costs.get("produced_by"))
+        ratio = r["prune_seconds"] / forward_s if r["prune_seconds"] and forward_s and same_run else None
         lines.append(
             f"| {r['library']} | {r['method']} | {r['pattern']} | {fmt(r['sparsity'])} | {fmt(r['total_sparsity'], 3)} | "
-            f"{fmt(r['wikipedia_ppl'])} | {fmt(r['rt_sentiment_acc'], 3)} | {fmt(r['wiki_topic_acc'], 3)} | "
-            f"{fmt(r['prune_seconds'], 1)} | {fmt(ratio, 2)} | {fmt(r['peak_rss_mb'], 0)} |"
+            f"{fmt(r['wikipedia_ppl'])} | " + "".join(f"{fmt(r.get(task + '_acc'), 3)} | " for task in tasks)
+            + f"{fmt(r['prune_seconds'], 1)} | {fmt(ratio, 2)} | {fmt(sparsegpt_time_ratio(r, rows), 2)} | "
+            f"{fmt(r['peak_rss_mb'], 0)} |"
         )
     lines.append("")
+    lines.append("Recipes: a method and its modifiers: +reconstruct (block reconstruction, default settings), +owl / "
+                 "+ramp / +auto (the per-block allocation). prune / SparseGPT: prune seconds over plain llmprune "
+                 "SparseGPT's at the same target, timed with the same thread count (- for rows timed before this column).")
     if forward_s:
         lines.append(f"prune / fwd: prune seconds over one plain forward pass of the calibration batch through the dense "
                      f"model ({forward_s:.1f} s, measured once in the dense row's process). Peak RSS: the pruning process "
@@ -356,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     peer = find_peer(args)
     notes = []
-    wants_peer_rows = "llmcompressor" in split_list(args.libraries) and any(m in PEER_METHODS for m in split_list(args.methods))
+    wants_peer_rows = "llmcompressor" in split_list(args.libraries) and any(peer_can_run(m) for m in split_list(args.methods))
     if peer is None and not args.no_peer and wants_peer_rows:
         notes.append("llmcompressor rows skipped: not importable here and no --peer-python given "
                      "(llmcompressor 0.14 needs transformers<=5.17; install it in its own venv).")
@@ -383,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         results["notes"].append(f"rows kept from an earlier run (--resume) produced by: `{previous['command']}`")
     for other in split_list(args.merge):
         data = json.loads(Path(other).read_text())
-        if data.get("settings") != settings_of(args):
+        if not same_rows_setting(data.get("settings", {}), settings_of(args)):
             raise SystemExit(f"{other} was produced with other settings; not merged")
         known = set(done) | {row_key(r["row"]) for r in results["rows"]}
         results["rows"] += [r for r in data["rows"] if row_key(r["row"]) not in known]
@@ -414,14 +481,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["notes"].append(f"{key} failed: {str(exc).splitlines()[0]}")
                 continue
             if "costs" in result:
-                results["costs"] = result["costs"]
+                results["costs"] = dict(result["costs"], produced_by=command)
                 cost = result["costs"]["ppl_cost"]
                 print(f"   perplexity cost {cost['ratio']:.2f}x a plain batched forward over {cost['tokens']} tokens "
                       f"({cost['perplexity_s']:.2f} s vs {cost['plain_forward_s']:.2f} s)", flush=True)
+            result["produced_by"], result["threads"] = command, args.threads
             results["rows"].append(result)
             summary = summary_row(result)
-            print(f"   ppl {summary['wikipedia_ppl']:.2f}  rt {fmt(summary['rt_sentiment_acc'], 3)}  topic "
-                  f"{fmt(summary['wiki_topic_acc'], 3)}  prune {fmt(summary['prune_seconds'], 1)} s  "
+            accuracies = "  ".join(f"{key[:-4]} {fmt(value, 3)}" for key, value in summary.items() if key.endswith("_acc"))
+            print(f"   ppl {summary['wikipedia_ppl']:.2f}  {accuracies}  prune {fmt(summary['prune_seconds'], 1)} s  "
                   f"({time.perf_counter() - started:.0f} s in all)", flush=True)
             write_outputs(results, out_dir, args.name)  # after every row: an interrupted run keeps its rows
     write_outputs(results, out_dir, args.name)
