@@ -250,6 +250,13 @@ def same_rows_setting(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k not in loose} == {k: v for k, v in b.items() if k not in loose}
 
 
+def add_missing_tasks(row: dict, other: dict) -> None:
+    """The same row from another run scored on other tasks (the dense row, say): its task scores join this one's."""
+    tasks = row["eval"].setdefault("lm_eval", {}).setdefault("tasks", {})
+    for task, scores in other["eval"].get("lm_eval", {}).get("tasks", {}).items():
+        tasks.setdefault(task, scores)
+
+
 def pattern_density(pattern: str) -> float:
     """The sparsity an N:M pattern gives: N zeros in every M weights."""
     n, m = (int(x) for x in pattern.split(":"))
@@ -452,8 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(other).read_text())
         if not same_rows_setting(data.get("settings", {}), settings_of(args)):
             raise SystemExit(f"{other} was produced with other settings; not merged")
-        known = set(done) | {row_key(r["row"]) for r in results["rows"]}
-        results["rows"] += [r for r in data["rows"] if row_key(r["row"]) not in known]
+        known = {row_key(r["row"]): r for r in results["rows"]}
+        for row in data["rows"]:
+            if row_key(row["row"]) in known:
+                add_missing_tasks(known[row_key(row["row"])], row)
+            elif row_key(row["row"]) not in done:
+                results["rows"].append(row)
         results["costs"] = results["costs"] or data.get("costs")
         results["notes"].append(f"rows merged from {Path(other).name}, produced by: `{data['command']}`")
         results["notes"] += [n for n in data.get("notes", []) if n not in results["notes"]]

@@ -81,3 +81,19 @@ def test_merged_rows_show_each_task_they_were_scored_on(table, tmp_path):
     assert "| 60.00 | 0.500 | - |" in new
     saved = json.loads((tmp_path / "t.json").read_text())
     assert [r["method"] for r in saved["table"]] == ["sparsegpt", "admm+reconstruct"]
+
+
+def test_a_row_in_two_merged_tables_keeps_both_runs_task_scores(table, tmp_path):
+    def saved(name, tasks):
+        data = {"command": name, "settings": table.settings_of(table.parse_args([])), "rows": [
+            {"row": {"library": "-", "method": "dense", "sparsity": None, "pattern": None},
+             "report": {"total_sparsity": 0.0, "prune_seconds": None, "peak_rss_mb": 1.0},
+             "eval": {"ppl": {"wikipedia": {"ppl": 14.9}}, "lm_eval": {"tasks": {t: {"acc": a} for t, a in tasks.items()}}}}]}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        return str(path)
+
+    first, second = saved("new", {"wiki_next": 0.7}), saved("old", {"wiki_next": 0.1, "rt_sentiment": 0.53})
+    assert table.main(["--methods", "", "--merge", f"{first},{second}", "--out-dir", str(tmp_path), "--name", "both"]) == 0
+    (dense,) = json.loads((tmp_path / "both.json").read_text())["table"]
+    assert (dense["wiki_next_acc"], dense["rt_sentiment_acc"]) == (0.7, 0.53)
