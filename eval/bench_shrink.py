@@ -4,8 +4,9 @@
     python eval/bench_shrink.py --ratios 0.1,0.25,0.4 --recipes mlp:obs,blocks:angular
     python eval/bench_shrink.py --peer-python /tmp/tpvenv/bin/python             # torch-pruning side by side
 
-A recipe is UNITS:SCORE[:nocomp] (e.g. ``mlp,heads:obs``; ``blocks:angular``; ``mlp:magnitude:nocomp`` is plain
-magnitude channel pruning without the least-squares re-fit). Each recipe runs in its own process on the same
+A recipe is UNITS:SCORE[:FLAG...] (e.g. ``mlp,heads:hessian``; ``blocks:angular``; ``mlp:magnitude:nocomp`` is plain
+magnitude channel pruning without the least-squares re-fit; ``:local`` re-fits to the layer's own outputs
+instead of the dense model's; ``:recon`` adds block reconstruction). Each recipe runs in its own process on the same
 calibration windows (--nsamples x --seqlen of the Wikipedia train split, seed 0): shrink, time, Wikipedia
 test perplexity over the first --eval-windows 512-token windows, rt_sentiment / wiki_topic accuracy on
 --task-limit documents (0: skipped), save. The yardstick of the shrink cost is a plain forward pass of the
@@ -35,12 +36,18 @@ DEFAULT_RECIPES = ("mlp:magnitude:nocomp", "mlp:magnitude", "mlp:wanda", "mlp:fl
 
 
 def parse_recipe(text: str) -> dict:
+    """UNITS:SCORE[:FLAG...]; flags: nocomp (no least-squares re-fit), local (re-fit to the layer's own
+    outputs instead of the dense model's), recon (block reconstruction afterwards, the default settings)."""
     parts = text.split(":")
-    units, score = parts[0], parts[1] if len(parts) > 1 else "obs"
-    compensate = not (len(parts) > 2 and parts[2] == "nocomp")
+    units, score = parts[0], parts[1] if len(parts) > 1 else "hessian"
+    flags = set(parts[2:])
+    unknown = flags - {"nocomp", "local", "recon"}
+    if unknown:
+        raise SystemExit(f"unknown recipe flag(s) {', '.join(sorted(unknown))} in {text}")
     block_score = score if score in ("angular", "span") else "angular"
-    return {"recipe": text, "units": units, "score": "obs" if score in ("angular", "span") else score,
-            "block_score": block_score, "compensate": compensate}
+    return {"units": units, "score": "hessian" if score in ("angular", "span") else score, "block_score": block_score,
+            "compensate": "nocomp" not in flags, "refit_target": "local" if "local" in flags else "teacher",
+            "reconstruct": "recon" in flags}
 
 
 def split(text: str) -> list[str]:
@@ -77,14 +84,15 @@ def quality_worker(spec: dict) -> dict:
         folder = Path(spec["peer_folder"])
         model = __import__("transformers").AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         row["shrink_seconds"] = json.loads((folder / "peer_report.json").read_text())["seconds"]
-        del load_file
     else:
-        recipe = parse_recipe(spec["recipe"])
-        report = shrink(model, tokenizer, ratio=spec["ratio"], units=recipe["units"], score=recipe["score"],
-                        block_score=recipe["block_score"], compensate=recipe["compensate"], multiple_of=spec["multiple_of"],
-                        calibration_ids=calibration, progress=False, device="cpu")
+        report = shrink(model, tokenizer, ratio=spec["ratio"], multiple_of=spec["multiple_of"], calibration_ids=calibration,
+                        progress=False, device="cpu", **parse_recipe(spec["recipe"]))
+        healed = report.get("reconstruct") or {}
         row.update(shrink_seconds=report["shrink_seconds"], ratio_reached=report["ratio_reached"], kept=report["kept"],
-                   removed_blocks=report["removed_blocks"], shrink_peak_rss_mb=round(peak_rss_mb(), 1))
+                   removed_blocks=report["removed_blocks"], shrink_peak_rss_mb=round(peak_rss_mb(), 1),
+                   reconstruct_seconds=healed.get("seconds"),
+                   held_out_block_error=[healed.get("mean_held_out_error_before"), healed.get("mean_held_out_error_after")]
+                   if healed else None)
     row["parameters"] = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
     results = evaluate(model, tokenizer, ppl="wikipedia", tasks=spec["tasks"] if spec["task_limit"] else None,
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every worker (1: the measurements of eval/results/shrink.md)")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--peer-python", help="a Python with torch-pruning installed (its own venv)")
     parser.add_argument("--peer-importances", default="taylor,magnitude", help="torch-pruning importances to run")

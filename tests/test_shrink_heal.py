@@ -70,8 +70,9 @@ def test_teacher_refit_brings_the_shrunk_model_closer_to_the_dense_one():
 def test_teacher_refit_runs_the_same_with_several_calibration_chunks():
     ids = random_calibration(6, 32)
     one, three = build("llama", layers=3), build("llama", layers=3)
-    shrink(one, ratio=0.3, units="mlp,heads", multiple_of=8, calibration_ids=ids, progress=False, device="cpu")
-    shrink(three, ratio=0.3, units="mlp,heads", multiple_of=8, calibration_ids=ids, batch_size=2, progress=False, device="cpu")
+    options = dict(ratio=0.3, units="mlp,heads", multiple_of=8, refit_target="teacher", progress=False, device="cpu")
+    shrink(one, calibration_ids=ids, **options)
+    shrink(three, calibration_ids=ids, batch_size=2, **options)
     torch.testing.assert_close(logits(one, ids), logits(three, ids), rtol=1e-4, atol=1e-4)
 
 
@@ -190,6 +191,6 @@ def test_cli_reconstruct_reports_the_block_errors(tiny_model_dir, tmp_path, caps
     assert code == 0
     assert "block reconstruction: mean held-out block error" in capsys.readouterr().out
     report = json.loads((out / "llmprune_report.json").read_text())
-    assert report["reconstruct"]["steps"] == 4 and report["refit_target"] == "teacher"
+    assert report["reconstruct"]["steps"] == 4 and report["refit_target"] == "local"
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.model.layers[0].mlp.down_proj.in_features == report["kept"]["intermediate_size"]

@@ -23,8 +23,8 @@ EPILOG = """examples:
   llmprune shrink --model llama --ratio 0.25 --units mlp,heads --score obs --output out/s      # slower greedy choice
   llmprune shrink --model Qwen/Qwen3-0.6B --ratio 0.2 --units mlp --multiple-of 256 --output out/q3   # GGUF k-quant friendly
 
-The consumers' kept columns are re-fitted by least squares towards the dense model's outputs
-(--refit-target teacher), which also corrects the errors of the blocks shrunk before.
+The consumers' kept columns (down_proj, o_proj) are re-fitted by least squares on their calibration
+inputs; --reconstruct then trains every kept weight of each block towards the dense block's outputs.
 --multiple-of: llama.cpp's k-quants need widths in multiples of 256; a small model needs finer steps
 to reach a ratio closely. The report (llmprune_report.json) lists the removed units of every block and,
 with --reconstruct, each block's held-out output error before and after training.

@@ -7,8 +7,8 @@ attention heads go first, then the MLP channels, so the MLP's statistics see the
 With one calibration chunk one forward pass per block does it all: a forward pre-hook on each consumer
 (o_proj, down_proj) gathers its inputs' statistics, removes the units, re-fits the kept columns and
 hands the narrowed input on. With several chunks each stage gets a statistics pass, then an output pass.
-The re-fit aims at the dense model by default (teacher): each dense block first runs on a copy of the
-dense model's own hidden states, and its consumers' inputs there are paired with the shrunk ones.
+With ``refit_target="teacher"`` the re-fit aims at the dense model instead: each dense block first runs on
+a copy of the dense model's own hidden states, and its consumers' inputs there are paired with the shrunk ones.
 Block reconstruction (an engine ``BlockStep``, as in pruning) then trains each shrunk block.
 """
 from __future__ import annotations
@@ -287,7 +287,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
     fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's block influence; span:
     the most similar contiguous run). ``compensate`` re-fits the consumer's kept columns by least squares,
-    towards the dense model's outputs (``refit_target="teacher"``) or the layer's own (``local``);
+    towards the layer's own outputs (``refit_target="local"``) or the dense model's (``teacher``);
     ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs. Widths are
     uniform across blocks and rounded to ``multiple_of``; the config is edited so the saved folder loads
     with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
