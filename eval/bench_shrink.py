@@ -3,6 +3,7 @@
     python eval/bench_shrink.py --ratios 0.25 --eval-windows 64                  # every recipe at R = 0.25
     python eval/bench_shrink.py --ratios 0.1,0.25,0.4 --recipes mlp:obs,blocks:angular
     python eval/bench_shrink.py --peer-python /tmp/tpvenv/bin/python             # torch-pruning side by side
+    python eval/bench_shrink.py --ratios 0.1,0.25,0.4 --recipes 'mlp,heads:hessian mlp,heads:hessian:recon@0.25'
 
 A recipe is UNITS:SCORE[:FLAG...] (e.g. ``mlp,heads:hessian``; ``blocks:angular``; ``mlp:magnitude:nocomp`` is plain
 magnitude channel pruning without the least-squares re-fit; ``:local`` re-fits to the layer's own outputs
@@ -50,13 +51,20 @@ def parse_recipe(text: str) -> dict:
             "reconstruct": "recon" in flags}
 
 
+def recipe_ratios(text: str) -> tuple[str, list[float] | None]:
+    """``RECIPE@R1/R2``: the recipe runs at those ratios only (``mlp,heads:hessian:recon@0.25``)."""
+    recipe, _, ratios = text.partition("@")
+    return recipe, [float(r) for r in ratios.split("/")] if ratios else None
+
+
 def split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def recipes_arg(text: str) -> list[str]:
     # Recipes hold commas themselves (mlp,heads:obs): they are separated by semicolons or spaces.
-    return [part for part in text.replace(";", " ").split() if part]
+    # With a semicolon, only semicolons separate (the peer's rows are named "torch-pruning taylor").
+    return [part.strip() for part in text.split(";") if part.strip()] if ";" in text else text.split()
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -153,11 +161,19 @@ def speed_worker(spec: dict) -> dict:
 WORKERS = {"quality": quality_worker, "memory": memory_worker, "speed": speed_worker}
 
 
+def thread_env(threads: int) -> dict:
+    """The environment of a worker: its BLAS/OpenMP pools are as wide as its torch threads."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def run_worker(kind: str, spec: dict, work: Path) -> dict:
     spec_path = work / f"spec-{time.monotonic_ns()}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec))
-    subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_path), str(out_path)], check=True)
+    subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_path), str(out_path)], check=True,
+                   env=thread_env(spec["threads"]))
     return json.loads(out_path.read_text())
 
 
@@ -173,7 +189,7 @@ def peer_shrink(args, calibration: Path, ratio: float, importance: str, work: Pa
     folder = work / f"torch-pruning-{importance}-{ratio}"
     subprocess.run([args.peer_python, str(HERE / "peer_torch_pruning.py"), "--model", resolve_folder(args.model), "--calibration", str(calibration),
                     "--ratio", str(ratio), "--importance", importance, "--output", str(folder),
-                    "--threads", str(args.threads)], check=True)
+                    "--threads", str(args.threads)], check=True, env=thread_env(args.threads))
     return str(folder)
 
 
@@ -215,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--peer-python", help="a Python with torch-pruning installed (its own venv)")
     parser.add_argument("--peer-importances", default="taylor,magnitude", help="torch-pruning importances to run")
+    parser.add_argument("--peer-ratios", help="the ratios the peer runs at (default: every ratio)")
     parser.add_argument("--speed-from", metavar="JSON", help="skip the quality runs: measure speed and memory of the "
                         "folders an earlier (perhaps interrupted) run of this script recorded in JSON, and rewrite its results")
     parser.add_argument("--output", default=str(RESULTS / "shrink"))
@@ -249,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     rows[0]["folder"] = resolve_model_path(args.model)
     print(json.dumps(rows[-1]), flush=True)
     for ratio in [float(r) for r in split(args.ratios)]:
-        for recipe in args.recipes:
+        for recipe, ratios in (recipe_ratios(text) for text in args.recipes):
+            if ratios is not None and ratio not in ratios:
+                continue
             label = f"{recipe} @ {ratio}"
             rows.append(run_worker("quality", {**base, "recipe": recipe, "ratio": ratio, "save": str(work / label.replace(" ", ""))}, work))
             print(json.dumps(rows[-1]), flush=True)
             write({**result, "wall_seconds": round(time.time() - started)}, Path(args.output))  # partial results survive an interruption
-        if args.peer_python:
+        if args.peer_python and (args.peer_ratios is None or ratio in [float(r) for r in split(args.peer_ratios)]):
             for importance in split(args.peer_importances):
                 folder = peer_shrink(args, calibration, ratio, importance, work)
                 rows.append(run_worker("quality", {**base, "recipe": f"torch-pruning {importance}", "ratio": ratio,
@@ -281,8 +300,9 @@ def write(result: dict, out: Path) -> None:
     s = result["settings"]
     tasks = split(s["tasks"]) if s["task_limit"] else []
     lines = ["# Structured pruning (llmprune shrink) on the bundled SmolLM2-135M", "", f"Command: `{result['command']}`", "",
-             f"Started {result['started']}, {result['wall_seconds']} s in all, on this project's shared 2-CPU machine "
-             f"(other jobs were running, so absolute times are noisy; speeds are the best of {result.get('speed_settings', s)['repeats']} interleaved repeats). "
+             f"Started {result['started']}, {result['wall_seconds']} s in all, on this project's 2-CPU machine, shared with "
+             f"another job; every worker ran with {s['threads']} torch thread(s) and OMP_NUM_THREADS={s['threads']} "
+             f"(speeds are the best of {result.get('speed_settings', s)['repeats']} repeats, the models taking turns in each). "
              f"Calibration {s['nsamples']} x {s['seqlen']} Wikipedia train tokens; perplexity over the first {s['eval_windows']} "
              f"512-token Wikipedia test windows; --multiple-of {s['multiple_of']}. Ratio = fraction of the decoder blocks' "
              "parameters removed.", "",
@@ -302,6 +322,12 @@ def write(result: dict, out: Path) -> None:
                      + f"{shrink_s if shrink_s is not None else '-'} | {cost} | {kept_text} |")
     if forward:
         lines += ["", f"Yardstick: a plain forward pass of the calibration batch took {forward} s in the dense worker."]
+    healed = [row for row in quality if row.get("held_out_block_error")]
+    if healed:
+        lines += ["", "Block reconstruction (`:recon`, default settings): mean held-out block output error, relative to "
+                  "the dense block's outputs, before -> after training; seconds of training (inside shrink s):", ""]
+        lines += [f"- {_label(row)}: {row['held_out_block_error'][0]:.4f} -> {row['held_out_block_error'][1]:.4f}, "
+                  f"{row['reconstruct_seconds']} s" for row in healed]
     if result.get("speed"):
         lines += ["", "## CPU speed (tokens/s) and peak memory of load + generate", "",
                   "| model | dtype | prefill b1 | x dense | prefill b8 | x dense | decode b1 | x dense | peak MiB |",
