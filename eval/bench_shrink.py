@@ -6,8 +6,8 @@
     python eval/bench_shrink.py --ratios 0.1,0.25,0.4 --recipes 'mlp,heads:hessian mlp,heads:hessian:recon@0.25'
 
 A recipe is UNITS:SCORE[:FLAG...] (e.g. ``mlp,heads:hessian``; ``blocks:angular``; ``mlp:magnitude:nocomp`` is plain
-magnitude channel pruning without the least-squares re-fit; ``:local`` re-fits to the layer's own outputs
-instead of the dense model's; ``:recon`` adds block reconstruction). Each recipe runs in its own process on the same
+magnitude channel pruning without the least-squares re-fit; ``:teacher`` re-fits to the dense model's outputs
+instead of the layer's own; ``:recon`` adds block reconstruction). Each recipe runs in its own process on the same
 calibration windows (--nsamples x --seqlen of the Wikipedia train split, seed 0): shrink, time, Wikipedia
 test perplexity over the first --eval-windows 512-token windows, rt_sentiment / wiki_topic accuracy on
 --task-limit documents (0: skipped), save. The yardstick of the shrink cost is a plain forward pass of the
@@ -37,17 +37,18 @@ DEFAULT_RECIPES = ("mlp:magnitude:nocomp", "mlp:magnitude", "mlp:wanda", "mlp:fl
 
 
 def parse_recipe(text: str) -> dict:
-    """UNITS:SCORE[:FLAG...]; flags: nocomp (no least-squares re-fit), local (re-fit to the layer's own
-    outputs instead of the dense model's), recon (block reconstruction afterwards, the default settings)."""
+    """UNITS:SCORE[:FLAG...]; flags: nocomp (no least-squares re-fit), teacher (re-fit to the dense model's
+    outputs instead of the layer's own), recon (block reconstruction afterwards, the default settings).
+    Every other option keeps llmprune's default."""
     parts = text.split(":")
     units, score = parts[0], parts[1] if len(parts) > 1 else "hessian"
     flags = set(parts[2:])
-    unknown = flags - {"nocomp", "local", "recon"}
+    unknown = flags - {"nocomp", "teacher", "recon"}
     if unknown:
         raise SystemExit(f"unknown recipe flag(s) {', '.join(sorted(unknown))} in {text}")
     block_score = score if score in ("angular", "span") else "angular"
     return {"units": units, "score": "hessian" if score in ("angular", "span") else score, "block_score": block_score,
-            "compensate": "nocomp" not in flags, "refit_target": "local" if "local" in flags else "teacher",
+            "compensate": "nocomp" not in flags, **({"refit_target": "teacher"} if "teacher" in flags else {}),
             "reconstruct": "recon" in flags}
 
 
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-ratios", help="the ratios the peer runs at (default: every ratio)")
     parser.add_argument("--speed-from", metavar="JSON", help="skip the quality runs: measure speed and memory of the "
                         "folders an earlier (perhaps interrupted) run of this script recorded in JSON, and rewrite its results")
+    parser.add_argument("--resume", metavar="JSON", help="reuse the rows (recipe, ratio) of an earlier run's JSON whose "
+                        "saved folders still exist; the calibration must be the same (same --nsamples, --seqlen)")
     parser.add_argument("--output", default=str(RESULTS / "shrink"))
     args = parser.parse_args(argv)
     if args.worker:
@@ -262,23 +265,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "worker"}, "versions": versions(),
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
-    rows = result["quality"] = [run_worker("quality", {**base, "recipe": "dense"}, work)]
+    earlier = {(row["recipe"], row.get("ratio")): row for row in json.loads(Path(args.resume).read_text())["quality"]} \
+        if args.resume else {}
+
+    def quality_row(spec: dict) -> dict:
+        """A row of --resume's results when it has this recipe and ratio (and its folder), else a new run."""
+        row = earlier.get((spec["recipe"], spec.get("ratio")))
+        if row is None or not Path(row.get("folder", "")).is_dir():
+            row = run_worker("quality", spec, work)
+        print(json.dumps(row), flush=True)
+        return row
+
+    rows = result["quality"] = [quality_row({**base, "recipe": "dense"})]
     rows[0]["folder"] = resolve_model_path(args.model)
-    print(json.dumps(rows[-1]), flush=True)
     for ratio in [float(r) for r in split(args.ratios)]:
         for recipe, ratios in (recipe_ratios(text) for text in args.recipes):
             if ratios is not None and ratio not in ratios:
                 continue
             label = f"{recipe} @ {ratio}"
-            rows.append(run_worker("quality", {**base, "recipe": recipe, "ratio": ratio, "save": str(work / label.replace(" ", ""))}, work))
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(quality_row({**base, "recipe": recipe, "ratio": ratio, "save": str(work / label.replace(" ", ""))}))
             write({**result, "wall_seconds": round(time.time() - started)}, Path(args.output))  # partial results survive an interruption
         if args.peer_python and (args.peer_ratios is None or ratio in [float(r) for r in split(args.peer_ratios)]):
             for importance in split(args.peer_importances):
                 folder = peer_shrink(args, calibration, ratio, importance, work)
-                rows.append(run_worker("quality", {**base, "recipe": f"torch-pruning {importance}", "ratio": ratio,
-                                                   "peer_folder": folder, "save": folder}, work))
-                print(json.dumps(rows[-1]), flush=True)
+                rows.append(quality_row({**base, "recipe": f"torch-pruning {importance}", "ratio": ratio,
+                                         "peer_folder": folder, "save": folder}))
     if not args.no_speed:
         measure_speed(result, rows, args, work)
     result["wall_seconds"] = round(time.time() - started)
