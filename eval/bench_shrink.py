@@ -196,10 +196,15 @@ def peer_shrink(args, calibration: Path, ratio: float, importance: str, work: Pa
 
 def measure_speed(result: dict, rows: list[dict], args, work: Path) -> None:
     """Speed (one process, models taking turns) and peak memory (a process each) of dense and the chosen recipes."""
-    chosen = set(args.speed_recipes) if args.speed_recipes else None
+    chosen = [recipe_ratios(text) for text in args.speed_recipes] if args.speed_recipes else None
+
+    def wanted(row: dict) -> bool:
+        return chosen is None or any(row["recipe"] == recipe and (ratios is None or row["ratio"] in ratios)
+                                     for recipe, ratios in chosen)
+
     folders = {"dense": rows[0]["folder"]}
     for row in rows[1:]:
-        if (chosen is None or row["recipe"] in chosen) and Path(row.get("folder", "")).is_dir():
+        if wanted(row) and Path(row.get("folder", "")).is_dir():
             folders[_label(row)] = row["folder"]
     result["speed_settings"] = {"dtypes": args.dtypes, "repeats": args.repeats, "prefill_len": args.prefill_len,
                                 "decode_tokens": args.decode_tokens, "threads": args.threads}
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="llama", help="alias or folder (the results are written for the bundled model)")
     parser.add_argument("--ratios", default="0.25")
     parser.add_argument("--recipes", type=recipes_arg, default=list(DEFAULT_RECIPES), help="space- or ;-separated recipes")
-    parser.add_argument("--speed-recipes", type=recipes_arg, default=None, help="recipes whose speed and memory are measured (default: all)")
+    parser.add_argument("--speed-recipes", type=recipes_arg, default=None, help="recipes (RECIPE or RECIPE@R) whose speed and memory are measured (default: all)")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--multiple-of", type=int, default=64)
