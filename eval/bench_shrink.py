@@ -3,9 +3,11 @@
     python eval/bench_shrink.py --ratios 0.25 --eval-windows 64                  # every recipe at R = 0.25
     python eval/bench_shrink.py --ratios 0.1,0.25,0.4 --recipes mlp:obs,blocks:angular
     python eval/bench_shrink.py --peer-python /tmp/tpvenv/bin/python             # torch-pruning side by side
+    python eval/bench_shrink.py --ratios 0.1,0.25,0.4 --recipes 'mlp,heads:hessian mlp,heads:hessian:recon@0.25'
 
-A recipe is UNITS:SCORE[:nocomp] (e.g. ``mlp,heads:obs``; ``blocks:angular``; ``mlp:magnitude:nocomp`` is plain
-magnitude channel pruning without the least-squares re-fit). Each recipe runs in its own process on the same
+A recipe is UNITS:SCORE[:FLAG...] (e.g. ``mlp,heads:hessian``; ``blocks:angular``; ``mlp:magnitude:nocomp`` is plain
+magnitude channel pruning without the least-squares re-fit; ``:teacher`` re-fits to the dense model's outputs
+instead of the layer's own; ``:recon`` adds block reconstruction). Each recipe runs in its own process on the same
 calibration windows (--nsamples x --seqlen of the Wikipedia train split, seed 0): shrink, time, Wikipedia
 test perplexity over the first --eval-windows 512-token windows, rt_sentiment / wiki_topic accuracy on
 --task-limit documents (0: skipped), save. The yardstick of the shrink cost is a plain forward pass of the
@@ -35,12 +37,25 @@ DEFAULT_RECIPES = ("mlp:magnitude:nocomp", "mlp:magnitude", "mlp:wanda", "mlp:fl
 
 
 def parse_recipe(text: str) -> dict:
+    """UNITS:SCORE[:FLAG...]; flags: nocomp (no least-squares re-fit), teacher (re-fit to the dense model's
+    outputs instead of the layer's own), recon (block reconstruction afterwards, the default settings).
+    Every other option keeps llmprune's default."""
     parts = text.split(":")
-    units, score = parts[0], parts[1] if len(parts) > 1 else "obs"
-    compensate = not (len(parts) > 2 and parts[2] == "nocomp")
+    units, score = parts[0], parts[1] if len(parts) > 1 else "hessian"
+    flags = set(parts[2:])
+    unknown = flags - {"nocomp", "teacher", "recon"}
+    if unknown:
+        raise SystemExit(f"unknown recipe flag(s) {', '.join(sorted(unknown))} in {text}")
     block_score = score if score in ("angular", "span") else "angular"
-    return {"recipe": text, "units": units, "score": "obs" if score in ("angular", "span") else score,
-            "block_score": block_score, "compensate": compensate}
+    return {"units": units, "score": "hessian" if score in ("angular", "span") else score, "block_score": block_score,
+            "compensate": "nocomp" not in flags, **({"refit_target": "teacher"} if "teacher" in flags else {}),
+            "reconstruct": "recon" in flags}
+
+
+def recipe_ratios(text: str) -> tuple[str, list[float] | None]:
+    """``RECIPE@R1/R2``: the recipe runs at those ratios only (``mlp,heads:hessian:recon@0.25``)."""
+    recipe, _, ratios = text.partition("@")
+    return recipe, [float(r) for r in ratios.split("/")] if ratios else None
 
 
 def split(text: str) -> list[str]:
@@ -49,7 +64,8 @@ def split(text: str) -> list[str]:
 
 def recipes_arg(text: str) -> list[str]:
     # Recipes hold commas themselves (mlp,heads:obs): they are separated by semicolons or spaces.
-    return [part for part in text.replace(";", " ").split() if part]
+    # With a semicolon, only semicolons separate (the peer's rows are named "torch-pruning taylor").
+    return [part.strip() for part in text.split(";") if part.strip()] if ";" in text else text.split()
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -77,14 +93,15 @@ def quality_worker(spec: dict) -> dict:
         folder = Path(spec["peer_folder"])
         model = __import__("transformers").AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         row["shrink_seconds"] = json.loads((folder / "peer_report.json").read_text())["seconds"]
-        del load_file
     else:
-        recipe = parse_recipe(spec["recipe"])
-        report = shrink(model, tokenizer, ratio=spec["ratio"], units=recipe["units"], score=recipe["score"],
-                        block_score=recipe["block_score"], compensate=recipe["compensate"], multiple_of=spec["multiple_of"],
-                        calibration_ids=calibration, progress=False, device="cpu")
+        report = shrink(model, tokenizer, ratio=spec["ratio"], multiple_of=spec["multiple_of"], calibration_ids=calibration,
+                        progress=False, device="cpu", **parse_recipe(spec["recipe"]))
+        healed = report.get("reconstruct") or {}
         row.update(shrink_seconds=report["shrink_seconds"], ratio_reached=report["ratio_reached"], kept=report["kept"],
-                   removed_blocks=report["removed_blocks"], shrink_peak_rss_mb=round(peak_rss_mb(), 1))
+                   removed_blocks=report["removed_blocks"], shrink_peak_rss_mb=round(peak_rss_mb(), 1),
+                   reconstruct_seconds=healed.get("seconds"),
+                   held_out_block_error=[healed.get("mean_held_out_error_before"), healed.get("mean_held_out_error_after")]
+                   if healed else None)
     row["parameters"] = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
     results = evaluate(model, tokenizer, ppl="wikipedia", tasks=spec["tasks"] if spec["task_limit"] else None,
@@ -145,11 +162,19 @@ def speed_worker(spec: dict) -> dict:
 WORKERS = {"quality": quality_worker, "memory": memory_worker, "speed": speed_worker}
 
 
+def thread_env(threads: int) -> dict:
+    """The environment of a worker: its BLAS/OpenMP pools are as wide as its torch threads."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def run_worker(kind: str, spec: dict, work: Path) -> dict:
     spec_path = work / f"spec-{time.monotonic_ns()}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec))
-    subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_path), str(out_path)], check=True)
+    subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_path), str(out_path)], check=True,
+                   env=thread_env(spec["threads"]))
     return json.loads(out_path.read_text())
 
 
@@ -165,16 +190,21 @@ def peer_shrink(args, calibration: Path, ratio: float, importance: str, work: Pa
     folder = work / f"torch-pruning-{importance}-{ratio}"
     subprocess.run([args.peer_python, str(HERE / "peer_torch_pruning.py"), "--model", resolve_folder(args.model), "--calibration", str(calibration),
                     "--ratio", str(ratio), "--importance", importance, "--output", str(folder),
-                    "--threads", str(args.threads)], check=True)
+                    "--threads", str(args.threads)], check=True, env=thread_env(args.threads))
     return str(folder)
 
 
 def measure_speed(result: dict, rows: list[dict], args, work: Path) -> None:
     """Speed (one process, models taking turns) and peak memory (a process each) of dense and the chosen recipes."""
-    chosen = set(args.speed_recipes) if args.speed_recipes else None
+    chosen = [recipe_ratios(text) for text in args.speed_recipes] if args.speed_recipes else None
+
+    def wanted(row: dict) -> bool:
+        return chosen is None or any(row["recipe"] == recipe and (ratios is None or row["ratio"] in ratios)
+                                     for recipe, ratios in chosen)
+
     folders = {"dense": rows[0]["folder"]}
     for row in rows[1:]:
-        if (chosen is None or row["recipe"] in chosen) and Path(row.get("folder", "")).is_dir():
+        if wanted(row) and Path(row.get("folder", "")).is_dir():
             folders[_label(row)] = row["folder"]
     result["speed_settings"] = {"dtypes": args.dtypes, "repeats": args.repeats, "prefill_len": args.prefill_len,
                                 "decode_tokens": args.decode_tokens, "threads": args.threads}
@@ -192,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="llama", help="alias or folder (the results are written for the bundled model)")
     parser.add_argument("--ratios", default="0.25")
     parser.add_argument("--recipes", type=recipes_arg, default=list(DEFAULT_RECIPES), help="space- or ;-separated recipes")
-    parser.add_argument("--speed-recipes", type=recipes_arg, default=None, help="recipes whose speed and memory are measured (default: all)")
+    parser.add_argument("--speed-recipes", type=recipes_arg, default=None, help="recipes (RECIPE or RECIPE@R) whose speed and memory are measured (default: all)")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--multiple-of", type=int, default=64)
@@ -203,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every worker (1: the measurements of eval/results/shrink.md)")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--peer-python", help="a Python with torch-pruning installed (its own venv)")
     parser.add_argument("--peer-importances", default="taylor,magnitude", help="torch-pruning importances to run")
+    parser.add_argument("--peer-ratios", help="the ratios the peer runs at (default: every ratio)")
     parser.add_argument("--speed-from", metavar="JSON", help="skip the quality runs: measure speed and memory of the "
                         "folders an earlier (perhaps interrupted) run of this script recorded in JSON, and rewrite its results")
+    parser.add_argument("--resume", metavar="JSON", help="reuse the rows (recipe, ratio) of an earlier run's JSON whose "
+                        "saved folders still exist; the calibration must be the same (same --nsamples, --seqlen)")
     parser.add_argument("--output", default=str(RESULTS / "shrink"))
     args = parser.parse_args(argv)
     if args.worker:
@@ -237,21 +270,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "worker"}, "versions": versions(),
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
-    rows = result["quality"] = [run_worker("quality", {**base, "recipe": "dense"}, work)]
+    earlier = {(row["recipe"], row.get("ratio")): row for row in json.loads(Path(args.resume).read_text())["quality"]} \
+        if args.resume else {}
+
+    def quality_row(spec: dict) -> dict:
+        """A row of --resume's results when it has this recipe and ratio (and its folder), else a new run."""
+        row = earlier.get((spec["recipe"], spec.get("ratio")))
+        if row is None or not Path(row.get("folder", "")).is_dir():
+            row = run_worker("quality", spec, work)
+        print(json.dumps(row), flush=True)
+        return row
+
+    rows = result["quality"] = [quality_row({**base, "recipe": "dense"})]
     rows[0]["folder"] = resolve_model_path(args.model)
-    print(json.dumps(rows[-1]), flush=True)
     for ratio in [float(r) for r in split(args.ratios)]:
-        for recipe in args.recipes:
+        for recipe, ratios in (recipe_ratios(text) for text in args.recipes):
+            if ratios is not None and ratio not in ratios:
+                continue
             label = f"{recipe} @ {ratio}"
-            rows.append(run_worker("quality", {**base, "recipe": recipe, "ratio": ratio, "save": str(work / label.replace(" ", ""))}, work))
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(quality_row({**base, "recipe": recipe, "ratio": ratio, "save": str(work / label.replace(" ", ""))}))
             write({**result, "wall_seconds": round(time.time() - started)}, Path(args.output))  # partial results survive an interruption
-        if args.peer_python:
+        if args.peer_python and (args.peer_ratios is None or ratio in [float(r) for r in split(args.peer_ratios)]):
             for importance in split(args.peer_importances):
                 folder = peer_shrink(args, calibration, ratio, importance, work)
-                rows.append(run_worker("quality", {**base, "recipe": f"torch-pruning {importance}", "ratio": ratio,
-                                                   "peer_folder": folder, "save": folder}, work))
-                print(json.dumps(rows[-1]), flush=True)
+                rows.append(quality_row({**base, "recipe": f"torch-pruning {importance}", "ratio": ratio,
+                                         "peer_folder": folder, "save": folder}))
     if not args.no_speed:
         measure_speed(result, rows, args, work)
     result["wall_seconds"] = round(time.time() - started)
@@ -273,8 +316,9 @@ def write(result: dict, out: Path) -> None:
     s = result["settings"]
     tasks = split(s["tasks"]) if s["task_limit"] else []
     lines = ["# Structured pruning (llmprune shrink) on the bundled SmolLM2-135M", "", f"Command: `{result['command']}`", "",
-             f"Started {result['started']}, {result['wall_seconds']} s in all, on this project's shared 2-CPU machine "
-             f"(other jobs were running, so absolute times are noisy; speeds are the best of {result.get('speed_settings', s)['repeats']} interleaved repeats). "
+             f"Started {result['started']}, {result['wall_seconds']} s in all, on this project's 2-CPU machine, shared with "
+             f"another job; every worker ran with {s['threads']} torch thread(s) and OMP_NUM_THREADS={s['threads']} "
+             f"(speeds are the best of {result.get('speed_settings', s)['repeats']} repeats, the models taking turns in each). "
              f"Calibration {s['nsamples']} x {s['seqlen']} Wikipedia train tokens; perplexity over the first {s['eval_windows']} "
              f"512-token Wikipedia test windows; --multiple-of {s['multiple_of']}. Ratio = fraction of the decoder blocks' "
              "parameters removed.", "",
@@ -294,6 +338,12 @@ def write(result: dict, out: Path) -> None:
                      + f"{shrink_s if shrink_s is not None else '-'} | {cost} | {kept_text} |")
     if forward:
         lines += ["", f"Yardstick: a plain forward pass of the calibration batch took {forward} s in the dense worker."]
+    healed = [row for row in quality if row.get("held_out_block_error")]
+    if healed:
+        lines += ["", "Block reconstruction (`:recon`, default settings): mean held-out block output error, relative to "
+                  "the dense block's outputs, before -> after training; seconds of training (inside shrink s):", ""]
+        lines += [f"- {_label(row)}: {row['held_out_block_error'][0]:.4f} -> {row['held_out_block_error'][1]:.4f}, "
+                  f"{row['reconstruct_seconds']} s" for row in healed]
     if result.get("speed"):
         lines += ["", "## CPU speed (tokens/s) and peak memory of load + generate", "",
                   "| model | dtype | prefill b1 | x dense | prefill b8 | x dense | decode b1 | x dense | peak MiB |",

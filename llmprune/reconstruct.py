@@ -216,11 +216,13 @@ class BlockReconstruction(BlockStep):
     needs_inputs = True
 
     # No defaults here: they live in options.PruneOptions (reconstruct_*), the one place for them.
+    # ``masked=False``: every entry of the block's matrices trains (a shrunk block has no pruning mask:
+    # its removed units are gone from the tensors, and a weight that happens to be 0 may move).
     def __init__(self, target: str, parts: str, steps: int, lr: float, batch_size: int, norms: bool,
-                 progress: bool = True):
+                 progress: bool = True, masked: bool = True):
         check_reconstruct_options(target, parts, steps, lr, batch_size)
         self.target, self.parts, self.steps, self.lr = target, parts, int(steps), float(lr)
-        self.batch_size, self.norms, self.progress = int(batch_size), norms, progress
+        self.batch_size, self.norms, self.progress, self.masked = int(batch_size), norms, progress, masked
         self.teacher: list[torch.Tensor] | None = None  # the dense model's hidden states, per chunk
         self.targets: list[dict[str, torch.Tensor]] = []  # per micro-batch (training, then held-out)
         self.plan: tuple[list[MicroBatch], list[MicroBatch]] = ([], [])
@@ -290,7 +292,7 @@ class BlockReconstruction(BlockStep):
         masked = {}
         for weight in part.weights:  # several weights may share one parameter (fused experts)
             parameter = weight.parameter
-            masked.setdefault(id(parameter), (parameter, parameter.detach() != 0))
+            masked.setdefault(id(parameter), (parameter, parameter.detach() != 0 if self.masked else None))
         norms = [p for p in norm_parameters(block) if id(p) not in claimed_norms] if self.norms else []
         trainable = [p for p, _ in masked.values()] + norms
         for parameter in block.parameters():
@@ -311,12 +313,13 @@ class BlockReconstruction(BlockStep):
                 loss = torch.nn.functional.mse_loss(output, targets[index][key].to(output.dtype))
                 loss.backward()
             for parameter, keep in masked.values():
-                if parameter.grad is not None:
+                if parameter.grad is not None and keep is not None:
                     parameter.grad.masked_fill_(~keep, 0.0)
             optimiser.step()
             with torch.no_grad():
                 for parameter, keep in masked.values():
-                    parameter.masked_fill_(~keep, 0.0)
+                    if keep is not None:
+                        parameter.masked_fill_(~keep, 0.0)
             loss_value = float(loss)
             bar.set_postfix(loss=f"{loss_value:.4g}")
         bar.close()

@@ -250,7 +250,6 @@ def test_scores_rank_the_obviously_useless_channel_lowest():
         (dict(ratio=1.2), "ratio must be in \\(0, 1\\)"),
         (dict(ratio=0.25, units="mlp,neurons"), "unknown unit 'neurons'"),
         (dict(ratio=0.97, units="mlp", multiple_of=8), "cannot be reached"),
-        (dict(ratio=0.25, reconstruct=True), "not available yet"),
         (dict(ratio=0.25, score="random"), "unknown score"),
     ],
 )

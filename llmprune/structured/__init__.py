@@ -2,8 +2,9 @@
 
 layouts (where units sit, per family, as data) -> plan (ratio to uniform widths) -> scores (which
 units) -> surgery (narrow layers, least-squares compensation, drop blocks) -> finalize (config edits);
-run.py holds the block loop and the public ``shrink``.
+run.py holds the block loop and the public ``shrink``; options.py its one options object.
 """
+from .options import ShrinkOptions, ShrinkRunOptions
 from .run import shrink
 
-__all__ = ["shrink"]
+__all__ = ["ShrinkOptions", "ShrinkRunOptions", "shrink"]

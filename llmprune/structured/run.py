@@ -7,6 +7,9 @@ attention heads go first, then the MLP channels, so the MLP's statistics see the
 With one calibration chunk one forward pass per block does it all: a forward pre-hook on each consumer
 (o_proj, down_proj) gathers its inputs' statistics, removes the units, re-fits the kept columns and
 hands the narrowed input on. With several chunks each stage gets a statistics pass, then an output pass.
+With ``refit_target="teacher"`` the re-fit aims at the dense model instead: each dense block first runs on
+a copy of the dense model's own hidden states, and its consumers' inputs there are paired with the shrunk ones.
+Block reconstruction (an engine ``BlockStep``, as in pruning) then trains each shrunk block.
 """
 from __future__ import annotations
 
@@ -16,42 +19,43 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..engine import BlockInputs, Lifecycle, capture_block_inputs, copy_inputs, propagate, run_block
+from ..engine import BlockContext, BlockInputs, BlockStep, Lifecycle, capture_block_inputs, copy_inputs, propagate, run_block
 from ..errors import LLMPruneError
-from ..anatomy import find_blocks, weight_matrix
+from ..anatomy import block_weights, find_blocks, weight_matrix
 from ..process import resolve_device
 from .finalize import finalize_config
 from .layouts import FamilyLayout, attention_sizes, layout_for
-from .plan import UNITS, ShrinkPlan, make_plan, unit_costs
-from .scores import SCORES, InputStatistics, choose_units
+from .options import BLOCK_SCORES, ShrinkOptions, with_overrides
+from .plan import ShrinkPlan, make_plan, unit_costs
+from .scores import InputStatistics, choose_units
 from .surgery import remove_blocks, remove_heads, remove_mlp_channels, submodule
-
-BLOCK_SCORES = ("angular", "span")
-# "auto": MLP channels and heads where the family's heads are removable (the best mix measured on the
-# bundled model, eval/results/shrink.md), MLP channels alone elsewhere.
-DEFAULT_UNITS = "auto"
-DEFAULT_SCORE = "hessian"  # measured best per second of shrinking: eval/results/shrink.md
-DEFAULT_MULTIPLE_OF = 64
-# Least-squares damping as a fraction of the Hessian mean diagonal: 1e-4 gave 29.1 against 30.8 for 1e-2
-# on the bundled model (mlp, hessian, R = 0.25, 16 x 512 calibration, 16 test windows).
-DEFAULT_DAMP = 1e-4
 
 
 class _Stage:
-    """One kind of unit in one block: a hook on its consumer gathers statistics; ``apply`` removes units."""
+    """One kind of unit in one block: a hook on its consumer gathers statistics; ``apply`` removes units.
 
-    def __init__(self, block: nn.Module, consumer: str, apply: Callable[[InputStatistics], list[int]]):
+    ``teacher_inputs``: per calibration chunk, the consumer's inputs in the dense model (on the dense
+    model's own hidden states), gathered against this model's inputs token for token (teacher re-fit).
+    """
+
+    def __init__(self, block: nn.Module, consumer: str, apply: Callable[[InputStatistics], list[int]],
+                 teacher_inputs: list[torch.Tensor] | None = None):
         self.layer = submodule(block, consumer)
         self.apply = apply
+        self.teacher_inputs = teacher_inputs
         self.stats: InputStatistics | None = None
         self.removed: list[int] = []
 
     def attach(self, shrink_on_sight: bool):
+        calls = 0  # the chunk being run: one call of the consumer per chunk
+
         def hook(module, args):
+            nonlocal calls
             inputs = args[0]
             if self.stats is None:
-                self.stats = InputStatistics.empty(inputs.shape[-1], inputs.device)
-            self.stats.update(inputs)
+                self.stats = InputStatistics.empty(inputs.shape[-1], inputs.device, teacher=self.teacher_inputs is not None)
+            self.stats.update(inputs, None if self.teacher_inputs is None else self.teacher_inputs[calls])
+            calls += 1
             if shrink_on_sight:
                 keep = torch.as_tensor(self.apply(self.stats), device=inputs.device)
                 self.stats = None
@@ -67,6 +71,25 @@ class _Stage:
             raise LLMPruneError(f"{type(self.layer).__name__} was never called: the calibration inputs never reached it")
         self.apply(self.stats)
         self.stats = None
+
+
+@torch.no_grad()
+def run_dense_recording(block: nn.Module, inputs: list[BlockInputs], hidden: list[torch.Tensor],
+                        consumers: list[str]) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
+    """Run the (still dense) block on the dense stream ``hidden``; returns each consumer's inputs per
+    chunk and the block's outputs (the dense stream's next hidden states)."""
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name in consumers}
+    handles = []
+    for name in consumers:
+        def record(module, args, name=name):
+            recorded[name].append(args[0].detach())
+        handles.append(submodule(block, name).register_forward_pre_hook(record))
+    try:
+        outputs = run_block(block, [BlockInputs(h, item.args, item.kwargs) for h, item in zip(hidden, inputs)])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded, outputs
 
 
 def _mlp_apply(block, layout: FamilyLayout, plan: ShrinkPlan, score: str, compensate: bool, damp: float, record: dict):
@@ -162,34 +185,52 @@ def choose_blocks(kind: str, influence: list[float], boundaries: list[torch.Tens
 
 @torch.no_grad()
 def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, inputs: list[BlockInputs] | None,
-                  removed_blocks: list[int], score: str, compensate: bool, damp: float) -> dict[int, dict]:
+                  removed_blocks: list[int], options: ShrinkOptions, steps: list[BlockStep] = ()) -> dict[int, dict]:
     """The block loop: shrink every surviving block in place on its (already shrunk) inputs; returns the
     removed units per block. Removed blocks are skipped, so their inputs flow on to the next block. It runs
-    on the engine's block lifecycle (``Lifecycle.sweep``), the loop every pruning run uses."""
+    on the engine's block lifecycle (``Lifecycle.sweep``), the loop every pruning run uses; ``steps``
+    (block reconstruction) see each block before (dense) and after it is shrunk, as in pruning.
+
+    With the teacher re-fit, a copy of the dense model's hidden states flows beside the shrunk ones: each
+    dense block is run on it first, recording its consumers' inputs, which the shrunk block's statistics
+    pair token for token with its own."""
     model, blocks = lifecycle.model, lifecycle.blocks
     sizes = attention_sizes(model.config)
     change_heads = "heads" in plan.units and (plan.heads, plan.kv_heads) != sizes[:2]
     change_mlp = "mlp" in plan.units and plan.intermediate != unit_costs_intermediate(blocks[0], layout)
+    score, compensate, damp = options.score, options.compensate, options.damp
+    teacher = [item.hidden.clone() for item in inputs] if inputs and options.teacher_refit() and (change_heads or change_mlp) else None
     records: dict[int, dict] = {}
 
     def visit(index: int, block: nn.Module) -> None:
+        context = BlockContext(index, block, None, inputs or None)
+        for step in steps:  # the block is still dense: steps record its outputs (reconstruction targets)
+            step.before_prune(context)
         if index in removed_blocks:
             records[index] = {"block_removed": True}
+            if teacher is not None:
+                propagate_hidden(teacher, run_dense_recording(block, inputs, teacher, [])[1])
             return
         record: dict = {}
         records[index] = record
+        consumers = ([layout.attention.output] if change_heads else []) + ([layout.mlp_consumer] if change_mlp else [])
+        dense_inputs: dict[str, list[torch.Tensor]] = {}
+        if teacher is not None:
+            dense_inputs, dense_outputs = run_dense_recording(block, inputs, teacher, consumers)
+            propagate_hidden(teacher, dense_outputs)
+            del dense_outputs
         stages = []
         if change_heads:
-            stages.append(_Stage(block, layout.attention.output, _heads_apply(block, layout, sizes, plan, score, compensate, damp, record)))
+            stages.append(_Stage(block, layout.attention.output, _heads_apply(block, layout, sizes, plan, score, compensate, damp, record),
+                                 dense_inputs.get(layout.attention.output)))
         if change_mlp:
-            stages.append(_Stage(block, layout.mlp_consumer, _mlp_apply(block, layout, plan, score, compensate, damp, record)))
-        if not stages:
-            return
+            stages.append(_Stage(block, layout.mlp_consumer, _mlp_apply(block, layout, plan, score, compensate, damp, record),
+                                 dense_inputs.get(layout.mlp_consumer)))
+        outputs = None
         if not inputs:  # magnitude without compensation: the weights alone decide, nothing to propagate
             for stage in stages:
                 stage.apply(None)
-            return
-        if len(inputs) == 1:  # statistics, removal and outputs in one pass
+        elif len(inputs) == 1 and stages:  # statistics, removal and outputs in one pass
             handles = [stage.attach(shrink_on_sight=True) for stage in stages]
             try:
                 outputs = run_block(block, inputs)
@@ -204,11 +245,24 @@ def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, 
                 finally:
                     handle.remove()
                 stage.finish()
+        del dense_inputs, stages
+        if steps:
+            context.weights = block_weights(block)
+            changed = [step.after_prune(context) for step in steps]
+            if any(changed):
+                outputs = None
+        if inputs and (outputs is None):
             outputs = run_block(block, inputs)
-        propagate(inputs, outputs)
+        if inputs:
+            propagate(inputs, outputs)
 
     lifecycle.sweep(f"shrink {','.join(plan.units)}", visit, write=True)
     return records
+
+
+def propagate_hidden(hidden: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+    """A stream of bare hidden states (the dense teacher's) moves on to the block's outputs."""
+    hidden[:] = outputs
 
 
 def unit_costs_intermediate(block: nn.Module, layout: FamilyLayout) -> int:
@@ -223,120 +277,72 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def heads_removable(model: nn.Module) -> bool:
-    layout, known = layout_for(model)
-    return known and layout.attention.head_dim_explicit
-
-
-def _parse_units(units, model: nn.Module | None = None) -> tuple[str, ...]:
-    if units == "auto":
-        return ("mlp", "heads") if model is None or heads_removable(model) else ("mlp",)
-    if isinstance(units, str):
-        units = [part.strip() for part in units.split(",") if part.strip()]
-    units = tuple(units)
-    for unit in units:
-        if unit not in UNITS:
-            raise LLMPruneError(f"unknown unit '{unit}' (use a comma-separated mix of {', '.join(UNITS)})")
-    if not units:
-        raise LLMPruneError(f"no units given (use a comma-separated mix of {', '.join(UNITS)})")
-    return units
-
-
-def check_shrink_options(model: nn.Module | None, ratio: float, units, score: str, block_score: str, reconstruct: bool) -> tuple[str, ...]:
-    """Every option error before any work; returns the parsed units."""
-    if reconstruct:
-        raise LLMPruneError("--reconstruct (block reconstruction after shrinking) is not available yet")
-    if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise LLMPruneError(f"ratio must be in (0, 1), got {ratio}")
-    units = _parse_units(units, model)
-    if score not in SCORES:
-        raise LLMPruneError(f"unknown score '{score}' (use {', '.join(SCORES)})")
-    if block_score not in BLOCK_SCORES:
-        raise LLMPruneError(f"unknown block score '{block_score}' (use {', '.join(BLOCK_SCORES)})")
-    if model is not None and "heads" in units:
-        if not heads_removable(model):
-            raise LLMPruneError(
-                f"heads cannot be removed from model type '{model.config.model_type}': its attention layout "
-                "is unknown or ties the head size to hidden_size // heads (use --units mlp,blocks)"
-            )
-    return units
-
-
-def shrink(
-    model: nn.Module,
-    tokenizer=None,
-    ratio: float = 0.25,
-    units: str | tuple[str, ...] = DEFAULT_UNITS,
-    score: str = DEFAULT_SCORE,
-    block_score: str = "angular",
-    multiple_of: int = DEFAULT_MULTIPLE_OF,
-    compensate: bool = True,
-    damp: float = DEFAULT_DAMP,
-    calibration: str = "wikipedia",
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int | None = None,
-    calibration_ids: torch.Tensor | None = None,
-    reconstruct: bool = False,
-    progress: bool = True,
-) -> dict:
+def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = None, *,
+           calibration_ids: torch.Tensor | None = None, **overrides) -> dict:
     """Remove a fraction ``ratio`` of the decoder blocks' parameters as whole units, in place; returns the report.
 
-    ``units``: ``auto`` (mlp and heads where heads are removable, else mlp) or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per
-    key/value group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads
-    (magnitude, wanda, fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's
-    block influence; span: the most similar contiguous run). ``compensate`` re-fits the consumer's kept
-    columns by least squares on its calibration Hessian. Widths are uniform across blocks and rounded to
-    ``multiple_of``; the config is edited so the saved folder loads with stock transformers.
+    ``options`` (a ``ShrinkOptions``, or its fields as keyword ``overrides``: ``ratio``, ``units``, ``score``,
+    ...; every default lives there). ``units``: ``auto`` (mlp and heads where heads are removable, else mlp)
+    or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per key/value
+    group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
+    fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's block influence; span:
+    the most similar contiguous run). ``compensate`` re-fits the consumer's kept columns by least squares,
+    towards the layer's own outputs (``refit_target="local"``) or the dense model's (``teacher``);
+    ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs. Widths are
+    uniform across blocks and rounded to ``multiple_of``; the config is edited so the saved folder loads
+    with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
     """
     from ..calibration import calibration_chunks
     from ..process import peak_rss_mb, versions
 
-    units = check_shrink_options(model, ratio, units, score, block_score, reconstruct)
+    options = with_overrides(options, **overrides)
+    units = options.validate(model)
+    progress, device = options.progress, resolve_device(options.device)
     layout, _ = layout_for(model)
     started = time.perf_counter()
     costs = unit_costs(model, layout)
-    plan = make_plan(costs, ratio, units, multiple_of)
-    device = resolve_device(device)
+    plan = make_plan(costs, options.ratio, units, int(options.multiple_of))
     params_before, bytes_before = parameter_count(model), parameter_bytes(model)
     _, blocks = find_blocks(model)
     block_params_before = parameter_count(blocks)
-    needs_data = score != "magnitude" or compensate or plan.blocks_removed > 0
-    source = "given token ids" if calibration_ids is not None else calibration
-    chunks = None
+    reconstruction = options.reconstruction()
+    steps = [reconstruction] if reconstruction else []
+    needs_data = options.score != "magnitude" or options.compensate or plan.blocks_removed > 0 or bool(steps)
+    source = "given token ids" if calibration_ids is not None else options.calibration
+    chunks, nsamples, seqlen = None, options.nsamples, options.seqlen
     if needs_data:
-        chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, calibration, nsamples, seqlen, seed,
-                                                      batch_size, calibration_ids)
+        chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, options.calibration, options.nsamples, options.seqlen,
+                                                      options.seed, options.batch_size, calibration_ids)
     was_training = model.training
     model.eval()
     inputs = capture_block_inputs(model, chunks, device) if needs_data else None
     removed_blocks, influence = [], None
     if plan.blocks_removed:
         influence, boundaries = block_removal_scores(Lifecycle(model, device=device, progress=progress), inputs)
-        removed_blocks = choose_blocks(block_score, influence, boundaries, plan.blocks_removed)
+        removed_blocks = choose_blocks(options.block_score, influence, boundaries, plan.blocks_removed)
         del boundaries
     if inputs is None:  # magnitude without compensation: weights alone decide
         inputs = []
     records = shrink_blocks(Lifecycle(model, device=device, progress=progress), layout, plan, inputs, removed_blocks,
-                            score, compensate, damp)
+                            options, steps)
     del inputs
     remove_blocks(model, layout, removed_blocks)
     config_changes = finalize_config(model, layout, plan, removed_blocks)
     model.train(was_training)
     _, blocks = find_blocks(model)
-    return {
+    report = {
         "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
         "method": "shrink",
-        "ratio": ratio,
+        "ratio": options.ratio,
         "ratio_reached": round(plan.reached, 5),
         "ratio_step": round(plan.step, 5),
         "units": list(plan.units),
-        "score": score,
-        "block_score": block_score if plan.blocks_removed else None,
-        "compensate": compensate,
-        "multiple_of": multiple_of,
+        "score": options.score,
+        "block_score": options.block_score if plan.blocks_removed else None,
+        "compensate": options.compensate,
+        "refit_target": options.refit_target if options.compensate else None,
+        "damp": options.damp,
+        "multiple_of": options.multiple_of,
         "kept": {"intermediate_size": plan.intermediate, "num_attention_heads": plan.heads,
                  "num_key_value_heads": plan.kv_heads, "num_hidden_layers": costs.blocks - len(removed_blocks)},
         "config_changes": config_changes,
@@ -347,8 +353,13 @@ def shrink(
         "block_influence": [round(value, 5) for value in influence] if influence else None,
         "blocks": {str(index): record for index, record in records.items() if record},
         "calibration": {"source": source if needs_data else None, "nsamples": nsamples if needs_data else 0,
-                        "seqlen": seqlen if needs_data else 0, "seed": seed, "chunks": len(chunks) if chunks else 0},
+                        "seqlen": seqlen if needs_data else 0, "seed": options.seed, "chunks": len(chunks) if chunks else 0},
         "shrink_seconds": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "versions": versions(),
     }
+    for step in steps:
+        entry = step.finalize(model)
+        if entry is not None:
+            report[step.name] = entry
+    return report

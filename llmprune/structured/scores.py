@@ -19,21 +19,38 @@ SCORES = ("magnitude", "wanda", "fluctuation", "hessian", "obs")
 
 @dataclass
 class InputStatistics:
-    """Sufficient statistics of a layer's inputs: H = X^T X, column sums, token count (float32 / float64)."""
+    """Sufficient statistics of a layer's inputs: H = X^T X, column sums, token count (float32 / float64).
+
+    With a teacher (the same layer's inputs in the dense model on the dense model's own hidden states,
+    token for token), also the cross-covariance C = X^T X_teacher and the teacher's column sums, so the
+    least-squares re-fit can aim at the dense model's outputs instead of this layer's own.
+    """
 
     hessian: torch.Tensor
     sums: torch.Tensor
     count: int = 0
+    cross: torch.Tensor | None = None
+    teacher_sums: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, columns: int, device) -> "InputStatistics":
-        return cls(torch.zeros(columns, columns, device=device), torch.zeros(columns, dtype=torch.float64, device=device))
+    def empty(cls, columns: int, device, teacher: bool = False) -> "InputStatistics":
+        stats = cls(torch.zeros(columns, columns, device=device), torch.zeros(columns, dtype=torch.float64, device=device))
+        if teacher:
+            stats.cross = torch.zeros(columns, columns, device=device)
+            stats.teacher_sums = torch.zeros(columns, dtype=torch.float64, device=device)
+        return stats
 
-    def update(self, inputs: torch.Tensor) -> None:
+    def update(self, inputs: torch.Tensor, teacher_inputs: torch.Tensor | None = None) -> None:
         flat = inputs.reshape(-1, inputs.shape[-1]).float()
         self.hessian.addmm_(flat.t(), flat)
         self.sums += flat.sum(0, dtype=torch.float64)
         self.count += flat.shape[0]
+        if self.cross is not None:
+            if teacher_inputs is None or teacher_inputs.numel() != inputs.numel():
+                raise LLMPruneError("the teacher's layer inputs do not match the calibration tokens")
+            teacher = teacher_inputs.reshape(flat.shape).to(flat.device).float()
+            self.cross.addmm_(flat.t(), teacher)
+            self.teacher_sums += teacher.sum(0, dtype=torch.float64)
 
 
 def channel_scores(kind: str, weight: torch.Tensor, stats: InputStatistics | None, producer_sq: torch.Tensor | None = None) -> torch.Tensor:

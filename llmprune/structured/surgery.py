@@ -56,27 +56,34 @@ def keep_inputs(layer: nn.Module, columns: list[int] | torch.Tensor, matrix: tor
 
 def least_squares_refit(weight: torch.Tensor, stats: InputStatistics, keep: list[int] | torch.Tensor,
                         bias: torch.Tensor | None = None, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The kept columns W'_K (and bias) that best reproduce W X (+ b) from X_K alone, in least squares.
+    """The kept columns W'_K (and bias) that best reproduce the target outputs from X_K alone, in least squares.
 
-    Without a bias: W'_K = W H[:, K] (H[K, K] + damp * mean(diag) I)^-1. A layer that already has a
-    bias re-fits it too (a ones column appended to X; no bias is ever added, so configs stay stock).
+    The target is W X (+ b), this layer's own outputs, or with a teacher in ``stats`` W X_t (+ b), the
+    dense model's outputs of this layer (X_t: its inputs there, token for token), so that errors of the
+    earlier shrunk layers get corrected too. Without a bias:
+    W'_K = W C[K, :]^T (H[K, K] + damp * mean(diag) I)^-1 with C = X^T X_t (C = H without a teacher).
+    A layer that already has a bias re-fits it too (a ones column appended to X; no bias is ever added,
+    so configs stay stock).
     """
     keep = torch.as_tensor(keep, dtype=torch.long, device=weight.device)
     h = stats.hessian.double().to(weight.device)
+    teacher = stats.cross is not None
+    cross = stats.cross.double().to(weight.device) if teacher else h
     w = weight.double()
     h_kk = h[keep][:, keep]
     jitter = damp * float(h_kk.diagonal().mean().clamp_min(1e-12))
     h_kk = h_kk + jitter * torch.eye(len(keep), dtype=h.dtype, device=h.device)
-    right = h[keep] @ w.t()  # X_K^T X W^T
+    right = cross[keep] @ w.t()  # X_K^T X_t W^T
     if bias is None:
         solution = torch.linalg.solve(h_kk, right)
         return solution.t().to(weight.dtype), None
     sums = stats.sums.double().to(weight.device)
+    target_sums = stats.teacher_sums.double().to(weight.device) if teacher else sums
     b = bias.double()
     n = float(stats.count)
     top = torch.cat([h_kk, sums[keep, None]], dim=1)
     bottom = torch.cat([sums[None, keep], torch.tensor([[n]], dtype=h.dtype, device=h.device)], dim=1)
-    right = torch.cat([right + sums[keep, None] * b[None, :], (sums @ w.t() + n * b)[None, :]], dim=0)
+    right = torch.cat([right + sums[keep, None] * b[None, :], (target_sums @ w.t() + n * b)[None, :]], dim=0)
     solution = torch.linalg.solve(torch.cat([top, bottom], dim=0), right)
     return solution[:-1].t().to(weight.dtype), solution[-1].to(bias.dtype)
 
