@@ -251,7 +251,8 @@ def same_rows_setting(a: dict, b: dict) -> bool:
 
 
 def add_missing_tasks(row: dict, other: dict) -> None:
-    """The same row from another run scored on other tasks (the dense row, say): its task scores join this one's."""
+    """The dense row of another run scored on other tasks: its task scores join this one's. (A pruned row is
+    not merged so: another run's pruning may differ, e.g. with another thread count.)"""
     tasks = row["eval"].setdefault("lm_eval", {}).setdefault("tasks", {})
     for task, scores in other["eval"].get("lm_eval", {}).get("tasks", {}).items():
         tasks.setdefault(task, scores)
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         known = {row_key(r["row"]): r for r in results["rows"]}
         for row in data["rows"]:
             if row_key(row["row"]) in known:
-                add_missing_tasks(known[row_key(row["row"])], row)
+                if row["row"]["method"] == "dense":  # the same model in both runs: its task scores can join
+                    add_missing_tasks(known[row_key(row["row"])], row)
             elif row_key(row["row"]) not in done:
                 results["rows"].append(row)
         results["costs"] = results["costs"] or data.get("costs")
