@@ -7,10 +7,10 @@ the layer Hessian; magnitude needs none). Embeddings, norms and lm_head are neve
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..options import RunOptions
 from .dataclass_flags import add_dataclass_arguments, options_from_args
+from .summary import print_report_if_unkept, print_results_and_output
 
 HELP = "prune a model (the default command)"
 EPILOG = """examples:
@@ -51,12 +51,7 @@ def print_summary(report: dict) -> None:
     if report.get("owl"):
         spread = report["owl"]["block_sparsity"]
         print(f"OWL block sparsities: {min(spread):.1%} .. {max(spread):.1%} (lambda {report['owl']['lambda']})")
-    if "results" in ppl:
-        from ..evaluate import format_table
-
-        print("\nafter pruning:\n" + format_table(ppl["results"]))
-    if report.get("output"):
-        print(f"\nsaved to {report['output']}")
+    print_results_and_output(ppl, "pruning", report.get("output"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +59,5 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_prune(options_from_args(RunOptions, args))
     print_summary(report)
-    if not report.get("output") and not args.report:
-        print(json.dumps({k: v for k, v in report.items() if k != "layers"}, indent=2))
+    print_report_if_unkept(report, args.report, "layers")
     return 0

@@ -11,10 +11,10 @@ by least squares on its calibration inputs.
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..structured.options import ShrinkRunOptions
 from .dataclass_flags import add_dataclass_arguments, options_from_args
+from .summary import print_report_if_unkept, print_results_and_output
 
 HELP = "structured pruning to a smaller dense model (MLP channels, heads, blocks)"
 EPILOG = """examples:
@@ -52,12 +52,7 @@ def print_summary(report: dict) -> None:
     evaluation = report.get("eval", {})
     if "ppl_before" in evaluation:
         print(f"wikipedia test perplexity: {evaluation['ppl_before']:.2f} -> {evaluation['ppl_after']:.2f}")
-    if "results" in evaluation:
-        from ..evaluate import format_table
-
-        print("\nafter shrinking:\n" + format_table(evaluation["results"]))
-    if report.get("output"):
-        print(f"saved to {report['output']}")
+    print_results_and_output(evaluation, "shrinking", report.get("output"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +61,5 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(ShrinkRunOptions, args)
     report = run_shrink(options)
     print_summary(report)
-    if not report.get("output") and not options.report:
-        print(json.dumps({k: v for k, v in report.items() if k != "blocks"}, indent=2))
+    print_report_if_unkept(report, options.report, "blocks")
     return 0
