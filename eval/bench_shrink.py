@@ -37,19 +37,22 @@ DEFAULT_RECIPES = ("mlp:magnitude:nocomp", "mlp:magnitude", "mlp:wanda", "mlp:fl
 
 
 def parse_recipe(text: str) -> dict:
-    """UNITS:SCORE[:FLAG...]; flags: nocomp (no least-squares re-fit), teacher (re-fit to the dense model's
-    outputs instead of the layer's own), recon (block reconstruction afterwards, the default settings).
-    Every other option keeps llmprune's default."""
+    """UNITS:SCORE[:FLAG...]; SCORE ranks channels and heads (magnitude, ..., obs) or blocks (angular, span,
+    loss); flags: nocomp (no least-squares re-fit), teacher (re-fit to the dense model's outputs instead of
+    the layer's own), recon (block reconstruction afterwards, the default settings), bridge (the removed
+    blocks' linear correction), and angular/span/loss (the block score beside a channel score:
+    mlp,blocks:hessian:loss). Every other option keeps llmprune's default."""
     parts = text.split(":")
     units, score = parts[0], parts[1] if len(parts) > 1 else "hessian"
     flags = set(parts[2:])
-    unknown = flags - {"nocomp", "teacher", "recon"}
+    block_scores = {"angular", "span", "loss"}
+    unknown = flags - {"nocomp", "teacher", "recon", "bridge"} - block_scores
     if unknown:
         raise SystemExit(f"unknown recipe flag(s) {', '.join(sorted(unknown))} in {text}")
-    block_score = score if score in ("angular", "span") else "angular"
-    return {"units": units, "score": "hessian" if score in ("angular", "span") else score, "block_score": block_score,
+    block_score = score if score in block_scores else next(iter(sorted(flags & block_scores)), "angular")
+    return {"units": units, "score": "hessian" if score in block_scores else score, "block_score": block_score,
             "compensate": "nocomp" not in flags, **({"refit_target": "teacher"} if "teacher" in flags else {}),
-            "reconstruct": "recon" in flags}
+            "reconstruct": "recon" in flags, "block_correction": "bridge" in flags}
 
 
 def recipe_ratios(text: str) -> tuple[str, list[float] | None]:

@@ -19,7 +19,7 @@ Storage conventions (checked against the transformers 5.24 sources):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import LLMPruneError
 
@@ -49,6 +49,9 @@ class FamilyLayout:
     # GPT-2 optionally divides attention scores by (layer_idx + 1): renumbering a block after
     # block removal must then rescale its queries so the block computes what it did before.
     inverse_layer_idx_scaling_key: str | None = None
+    # A norm between the MLP's output layer and the residual add (Gemma 2/3): no linear map of the
+    # residual stream can then be folded into that layer (the block-removal bridge is refused).
+    mlp_output_norm: str | None = None
 
 
 _LLAMA = FamilyLayout(
@@ -56,6 +59,7 @@ _LLAMA = FamilyLayout(
     mlp_consumer="mlp.down_proj",
     attention=AttentionLayout(output="self_attn.o_proj", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj"),
 )
+_GEMMA2 = replace(_LLAMA, mlp_output_norm="post_feedforward_layernorm")
 _PHI3 = FamilyLayout(
     mlp_producers=(("mlp.gate_up_proj", 2),),
     mlp_consumer="mlp.down_proj",
@@ -93,8 +97,8 @@ LAYOUTS: dict[str, FamilyLayout] = {
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
-    "gemma2": _LLAMA,
-    "gemma3_text": _LLAMA,
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
     "phi3": _PHI3,
     "opt": _OPT,
     "gpt2": _GPT2,

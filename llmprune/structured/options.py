@@ -15,11 +15,11 @@ from torch import nn
 from ..errors import LLMPruneError
 from ..options import PruneOptions, RunOptions, option, shared_option
 from ..reconstruct import BlockReconstruction, check_reconstruct_options
+from .blocks import BLOCK_SCORES, check_bridgeable
 from .layouts import layout_for
 from .plan import UNITS
 from .scores import SCORES
 
-BLOCK_SCORES = ("angular", "span")
 # What the consumer's kept columns are re-fitted to reproduce: ``local``, the layer's own outputs on the
 # shrunk model's inputs; ``teacher``, the dense model's outputs of that layer (its inputs gathered from the
 # dense model's own hidden states in the same pass), meant to correct the errors of earlier blocks too.
@@ -43,8 +43,11 @@ class ShrinkOptions:
     score: str = option("hessian", "how channels and heads are ranked: magnitude (weights only), wanda (Wanda-sp), "
                         "fluctuation (FLAP), hessian (||W_j||^2 H_jj), obs (greedy optimal brain surgeon on H, slower)",
                         WHAT, choices=SCORES)
-    block_score: str = option("angular", "how blocks are ranked: angular (ShortGPT's block influence) or span (the "
-                              "contiguous run whose input and output are closest in angle)", WHAT, choices=BLOCK_SCORES)
+    block_score: str = option("angular", "how blocks are ranked: angular (ShortGPT's block influence), span (the "
+                              "contiguous run whose input and output are closest in angle) or loss (the calibration loss "
+                              "with that block skipped: one forward of 8 calibration windows per block)", WHAT, choices=BLOCK_SCORES)
+    block_correction: bool = option(False, "after removing blocks, fold a least-squares linear map that stands in for each "
+                                    "removed run into the MLP output layer of the kept block before it (ReplaceMe-style)", WHAT)
     multiple_of: int = option(64, "MLP widths are multiples of this (256 for llama.cpp k-quants; small models need "
                               "finer steps to reach a ratio closely)", WHAT)
     compensate: bool = option(True, "do not re-fit the consumers' kept columns by least squares", WHAT, flag="--no-compensate")
@@ -108,6 +111,8 @@ class ShrinkOptions:
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                       self.reconstruct_lr, self.reconstruct_batch_size)
+        if model is not None and self.block_correction and "blocks" in units:
+            check_bridgeable(layout_for(model)[0], model.config.model_type)
         if model is not None and "heads" in units and not heads_removable(model):
             raise LLMPruneError(
                 f"heads cannot be removed from model type '{model.config.model_type}': its attention layout "

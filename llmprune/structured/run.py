@@ -19,13 +19,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..engine import BlockContext, BlockInputs, BlockStep, Lifecycle, capture_block_inputs, copy_inputs, propagate, run_block
+from ..engine import BlockContext, BlockInputs, BlockStep, Lifecycle, capture_block_inputs, propagate, run_block
 from ..errors import LLMPruneError
 from ..anatomy import block_weights, find_blocks, weight_matrix
 from ..process import resolve_device
 from .finalize import finalize_config
 from .layouts import FamilyLayout, attention_sizes, layout_for
-from .options import BLOCK_SCORES, ShrinkOptions, with_overrides
+from .blocks import block_removal_scores, block_skip_losses, bridge_run, choose_blocks, removed_runs
+from .options import ShrinkOptions, with_overrides
 from .plan import ShrinkPlan, make_plan, unit_costs
 from .scores import InputStatistics, choose_units
 from .surgery import remove_blocks, remove_heads, remove_mlp_channels, submodule
@@ -142,48 +143,6 @@ def _heads_apply(block, layout: FamilyLayout, sizes, plan: ShrinkPlan, score: st
 
 
 @torch.no_grad()
-def block_removal_scores(lifecycle: Lifecycle, inputs: list[BlockInputs], sample_rows: int = 8192) -> tuple[list[float], list[torch.Tensor]]:
-    """Per block, ShortGPT's block influence 1 - mean cos(x_in, x_out) over every token, and a sample of
-    token rows of the hidden states at every block boundary (for Gromov's spans). One dense forward."""
-    inputs = copy_inputs(inputs)
-    influence, boundaries = [], []
-
-    def sample(hidden: list[torch.Tensor]) -> torch.Tensor:
-        rows = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden])
-        stride = max(1, rows.shape[0] // sample_rows)
-        return rows[::stride].float().cpu()
-
-    boundaries.append(sample([item.hidden for item in inputs]))
-
-    def visit(index: int, block: nn.Module) -> None:
-        outputs = run_block(block, inputs)
-        cosines = [nn.functional.cosine_similarity(item.hidden.float(), out.float(), dim=-1) for item, out in zip(inputs, outputs)]
-        influence.append(float(1 - torch.cat([c.reshape(-1) for c in cosines]).mean()))
-        propagate(inputs, outputs)
-        boundaries.append(sample(outputs))
-
-    lifecycle.sweep("block influence", visit, write=False)
-    return influence, boundaries
-
-
-def choose_blocks(kind: str, influence: list[float], boundaries: list[torch.Tensor], count: int) -> list[int]:
-    """``angular``: the ``count`` blocks of lowest influence; ``span``: the contiguous run of ``count``
-    blocks whose input and output are closest in angle (Gromov et al.)."""
-    if count == 0:
-        return []
-    if kind == "angular":
-        return sorted(sorted(range(len(influence)), key=lambda i: influence[i])[:count])
-    if kind == "span":
-        def distance(start: int) -> float:
-            cos = nn.functional.cosine_similarity(boundaries[start], boundaries[start + count], dim=-1).clamp(-1, 1)
-            return float(torch.arccos(cos).mean() / torch.pi)
-
-        start = min(range(len(influence) - count + 1), key=distance)
-        return list(range(start, start + count))
-    raise LLMPruneError(f"unknown block score '{kind}' (use {', '.join(BLOCK_SCORES)})")
-
-
-@torch.no_grad()
 def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, inputs: list[BlockInputs] | None,
                   removed_blocks: list[int], options: ShrinkOptions, steps: list[BlockStep] = ()) -> dict[int, dict]:
     """The block loop: shrink every surviving block in place on its (already shrunk) inputs; returns the
@@ -251,13 +210,24 @@ def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, 
             changed = [step.after_prune(context) for step in steps]
             if any(changed):
                 outputs = None
-        if inputs and (outputs is None):
+        run = following_run(index, removed_blocks) if options.block_correction else []
+        if inputs and run:  # the removed run after this block gets its bridge, folded into this block
+            outputs, record["bridge"] = bridge_run(block, layout, inputs, [blocks[i] for i in run], lifecycle.device, damp)
+        elif inputs and outputs is None:
             outputs = run_block(block, inputs)
         if inputs:
             propagate(inputs, outputs)
 
     lifecycle.sweep(f"shrink {','.join(plan.units)}", visit, write=True)
     return records
+
+
+def following_run(index: int, removed: list[int]) -> list[int]:
+    """The contiguous removed blocks right after block ``index``."""
+    run = []
+    while index + 1 + len(run) in removed:
+        run.append(index + 1 + len(run))
+    return run
 
 
 def propagate_hidden(hidden: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
@@ -286,7 +256,9 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per key/value
     group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
     fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's block influence; span:
-    the most similar contiguous run). ``compensate`` re-fits the consumer's kept columns by least squares,
+    the most similar contiguous run; loss: the calibration loss with the block skipped);
+    ``block_correction`` folds a least-squares linear bridge for each removed run into the kept block
+    before it. ``compensate`` re-fits the consumer's kept columns by least squares,
     towards the layer's own outputs (``refit_target="local"``) or the dense model's (``teacher``);
     ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs. Widths are
     uniform across blocks and rounded to ``multiple_of``; the config is edited so the saved folder loads
@@ -316,10 +288,13 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     was_training = model.training
     model.eval()
     inputs = capture_block_inputs(model, chunks, device) if needs_data else None
-    removed_blocks, influence = [], None
-    if plan.blocks_removed:
+    removed_blocks, influence, losses = [], None, None
+    if plan.blocks_removed and options.block_score == "loss":
+        losses = block_skip_losses(model, find_blocks(model)[1], chunks, progress)
+        removed_blocks = choose_blocks("loss", plan.blocks_removed, losses=losses)
+    elif plan.blocks_removed:
         influence, boundaries = block_removal_scores(Lifecycle(model, device=device, progress=progress), inputs)
-        removed_blocks = choose_blocks(options.block_score, influence, boundaries, plan.blocks_removed)
+        removed_blocks = choose_blocks(options.block_score, plan.blocks_removed, influence, boundaries)
         del boundaries
     if inputs is None:  # magnitude without compensation: weights alone decide
         inputs = []
@@ -351,6 +326,10 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         "weight_bytes": {"before": bytes_before, "after": parameter_bytes(model)},
         "removed_blocks": removed_blocks,
         "block_influence": [round(value, 5) for value in influence] if influence else None,
+        "block_skip_loss": [round(value, 5) for value in losses] if losses else None,
+        "block_correction": [records[run[0] - 1]["bridge"] | {"blocks": list(range(run[0], run[1] + 1))}
+                             if run[0] > 0 else {"blocks": list(range(run[0], run[1] + 1)), "skipped": "no kept block before it"}
+                             for run in removed_runs(removed_blocks)] if options.block_correction and removed_blocks else None,
         "blocks": {str(index): record for index, record in records.items() if record},
         "calibration": {"source": source if needs_data else None, "nsamples": nsamples if needs_data else 0,
                         "seqlen": seqlen if needs_data else 0, "seed": options.seed, "chunks": len(chunks) if chunks else 0},
