@@ -37,11 +37,12 @@ def option(default: Any, help: str, group: str | None = None, **metadata: Any) -
     return field(default=default, metadata=metadata)
 
 
-def shared_option(cls: type, name: str, **metadata: Any) -> Any:
-    """A fresh field with the default, help and flag metadata of ``cls``'s field ``name`` (``metadata``
-    replaces some, e.g. the help), so another job's options reuse one option instead of restating it."""
+def shared_option(cls: type, name: str, default: Any = MISSING, **metadata: Any) -> Any:
+    """A fresh field with the default, help and flag metadata of ``cls``'s field ``name`` (``default`` and
+    ``metadata`` replace some, e.g. the help), so another job's options reuse one option instead of restating it."""
     source = {f.name: f for f in fields(cls)}[name]
-    default = source.default_factory() if source.default is MISSING else source.default
+    if default is MISSING:
+        default = source.default_factory() if source.default is MISSING else source.default
     merged = {**source.metadata, **metadata}
     return option(default, merged.pop("help"), merged.pop("group"), **merged)
 
