@@ -40,8 +40,11 @@ class ShrinkOptions:
     ratio: float = option(0.25, "fraction of the decoder blocks' parameters to remove, in (0, 1)", WHAT)
     units: str = option("auto", f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,heads where the family's "
                         "heads are removable, else mlp", WHAT)
-    score: str = option("hessian", "how channels and heads are ranked: magnitude (weights only), wanda (Wanda-sp), "
-                        "fluctuation (FLAP), hessian (||W_j||^2 H_jj), obs (greedy optimal brain surgeon on H, slower)",
+    # obs by default: 27.06 against 27.63 for hessian on the bundled model (R = 0.25, mlp,heads, 64 x 512
+    # calibration, 64 test windows), in less than 2x a plain forward of the calibration batch.
+    score: str = option("obs", "how channels and heads are ranked: magnitude (weights only), wanda (Wanda-sp), "
+                        "fluctuation (FLAP), hessian (||W_j||^2 H_jj, the fastest calibrated score), obs (greedy optimal "
+                        "brain surgeon on H: each choice counts the re-fit of the channels that stay)",
                         WHAT, choices=SCORES)
     block_score: str = option("angular", "how blocks are ranked: angular (ShortGPT's block influence), span (the "
                               "contiguous run whose input and output are closest in angle) or loss (the calibration loss "
