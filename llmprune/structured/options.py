@@ -74,6 +74,11 @@ class ShrinkOptions:
     reconstruct_lr: float = shared_option(PruneOptions, "reconstruct_lr")
     reconstruct_batch_size: int = shared_option(PruneOptions, "reconstruct_batch_size")
     reconstruct_norms: bool = shared_option(PruneOptions, "reconstruct_norms")
+    distill_steps: int = option(0, "after shrinking, train every weight this many AdamW steps so the model's next-token "
+                                "distributions match the dense model's on the calibration windows (knowledge distillation; "
+                                "a copy of the dense model stays in memory meanwhile; 0: off)", RECONSTRUCTION)
+    distill_lr: float = option(1e-4, "learning rate of the distillation (cosine schedule to 0)", RECONSTRUCTION)
+    distill_batch_size: int = option(4, "calibration windows per distillation step", RECONSTRUCTION)
     calibration: str = shared_option(PruneOptions, "calibration")
     nsamples: int = shared_option(PruneOptions, "nsamples")
     seqlen: int = shared_option(PruneOptions, "seqlen")
@@ -117,6 +122,12 @@ class ShrinkOptions:
                 raise LLMPruneError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise LLMPruneError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if int(self.distill_steps) < 0:
+            raise LLMPruneError(f"--distill-steps must be at least 0, got {self.distill_steps}")
+        if not float(self.distill_lr) > 0:
+            raise LLMPruneError(f"--distill-lr must be positive, got {self.distill_lr}")
+        if int(self.distill_batch_size) < 1:
+            raise LLMPruneError(f"--distill-batch-size must be at least 1, got {self.distill_batch_size}")
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                       self.reconstruct_lr, self.reconstruct_batch_size)

@@ -13,6 +13,7 @@ Block reconstruction (an engine ``BlockStep``, as in pruning) then trains each s
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable
 
@@ -23,6 +24,7 @@ from ..engine import BlockContext, BlockInputs, BlockStep, Lifecycle, capture_bl
 from ..errors import LLMPruneError
 from ..anatomy import block_weights, find_blocks, weight_matrix
 from ..process import resolve_device
+from .distill import distill
 from .finalize import finalize_config
 from .layouts import FamilyLayout, attention_sizes, layout_for
 from .blocks import block_removal_scores, block_skip_losses, bridge_run, choose_blocks, removed_runs
@@ -279,7 +281,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     block_params_before = parameter_count(blocks)
     reconstruction = options.reconstruction()
     steps = [reconstruction] if reconstruction else []
-    needs_data = options.score != "magnitude" or options.compensate or plan.blocks_removed > 0 or bool(steps)
+    needs_data = options.score != "magnitude" or options.compensate or plan.blocks_removed > 0 or bool(steps) or options.distill_steps > 0
     source = "given token ids" if calibration_ids is not None else options.calibration
     chunks, nsamples, seqlen = None, options.nsamples, options.seqlen
     if needs_data:
@@ -287,6 +289,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
                                                       options.seed, options.batch_size, calibration_ids)
     was_training = model.training
     model.eval()
+    dense = copy.deepcopy(model) if options.distill_steps else None  # the distillation's teacher
     inputs = capture_block_inputs(model, chunks, device) if needs_data else None
     removed_blocks, influence, losses = [], None, None
     if plan.blocks_removed and options.block_score == "loss":
@@ -303,6 +306,11 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     del inputs
     remove_blocks(model, layout, removed_blocks)
     config_changes = finalize_config(model, layout, plan, removed_blocks)
+    distilled = None
+    if dense is not None:
+        distilled = distill(model, dense, torch.cat(list(chunks)), int(options.distill_steps), float(options.distill_lr),
+                            int(options.distill_batch_size), device, options.seed, progress)
+        del dense
     model.train(was_training)
     _, blocks = find_blocks(model)
     report = {
@@ -337,6 +345,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "versions": versions(),
     }
+    if distilled is not None:
+        report["distill"] = distilled
     for step in steps:
         entry = step.finalize(model)
         if entry is not None:
