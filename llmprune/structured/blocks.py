@@ -147,12 +147,11 @@ def fold_bridge(layer: nn.Module, bridge: torch.Tensor) -> None:
     keep_inputs(layer, list(range(matrix.shape[1])), matrix, bias)
 
 
-def check_bridgeable(layout: FamilyLayout, model_type: str) -> None:
+def bridge_unavailable(layout: FamilyLayout) -> str | None:
+    """Why no bridge can be folded into this family's blocks (None: it can)."""
     if layout.mlp_output_norm:
-        raise LLMPruneError(
-            f"--block-correction cannot be folded into model type '{model_type}': its MLP output passes through "
-            f"{layout.mlp_output_norm} before the residual add (run without --block-correction)"
-        )
+        return f"its MLP output passes through {layout.mlp_output_norm} before the residual add"
+    return None
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import LLMPruneError
 from ..options import PruneOptions, RunOptions, option, shared_option
 from ..reconstruct import BlockReconstruction, check_reconstruct_options
-from .blocks import BLOCK_SCORES, check_bridgeable
+from .blocks import BLOCK_SCORES, bridge_unavailable
 from .layouts import layout_for
 from .plan import UNITS
 from .scores import SCORES
@@ -38,8 +38,11 @@ class ShrinkOptions:
     """How to shrink: how much, which units, how they are ranked and compensated, calibration, healing."""
 
     ratio: float = option(0.25, "fraction of the decoder blocks' parameters to remove, in (0, 1)", WHAT)
-    units: str = option("auto", f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,heads where the family's "
-                        "heads are removable, else mlp", WHAT)
+    # auto: on the bundled SmolLM2 at R = 0.25 (64 x 512 calibration, 64 test windows) mlp,blocks with the
+    # bridge measured 24.62, mlp,heads 27.06 (eval/results/shrink.md); without the bridge blocks are poor.
+    units: str = option("auto", f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,blocks where the family "
+                        "allows the removed blocks' bridge (--block-correction), else mlp,heads where its heads are "
+                        "removable, else mlp", WHAT)
     # obs by default: 27.06 against 27.63 for hessian on the bundled model (R = 0.25, mlp,heads, 64 x 512
     # calibration, 64 test windows), in less than 2x a plain forward of the calibration batch.
     score: str = option("obs", "how channels and heads are ranked: magnitude (weights only), wanda (Wanda-sp), "
@@ -49,8 +52,10 @@ class ShrinkOptions:
     block_score: str = option("angular", "how blocks are ranked: angular (ShortGPT's block influence), span (the "
                               "contiguous run whose input and output are closest in angle) or loss (the calibration loss "
                               "with that block skipped: one forward of 8 calibration windows per block)", WHAT, choices=BLOCK_SCORES)
-    block_correction: bool = option(False, "after removing blocks, fold a least-squares linear map that stands in for each "
-                                    "removed run into the MLP output layer of the kept block before it (ReplaceMe-style)", WHAT)
+    block_correction: bool = option(True, "do not fold a least-squares linear map that stands in for each removed run of "
+                                    "blocks into the MLP output layer of the kept block before it (ReplaceMe-style; "
+                                    "families with a norm after the MLP, Gemma 2/3, never get it)", WHAT,
+                                    flag="--no-block-correction")
     multiple_of: int = option(64, "MLP widths are multiples of this (256 for llama.cpp k-quants; small models need "
                               "finer steps to reach a ratio closely)", WHAT)
     compensate: bool = option(True, "do not re-fit the consumers' kept columns by least squares", WHAT, flag="--no-compensate")
@@ -91,7 +96,9 @@ class ShrinkOptions:
         """The unit mix; ``auto`` is resolved for ``model`` (mlp,heads before a model is known)."""
         units = self.units
         if units == "auto":
-            return ("mlp", "heads") if model is None or heads_removable(model) else ("mlp",)
+            if model is None or bridge_unavailable(layout_for(model)[0]) is None:
+                return ("mlp", "blocks")
+            return ("mlp", "heads") if heads_removable(model) else ("mlp",)
         if isinstance(units, str):
             units = [part.strip() for part in units.split(",") if part.strip()]
         units = tuple(units)
@@ -131,8 +138,6 @@ class ShrinkOptions:
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                       self.reconstruct_lr, self.reconstruct_batch_size)
-        if model is not None and self.block_correction and "blocks" in units:
-            check_bridgeable(layout_for(model)[0], model.config.model_type)
         if model is not None and "heads" in units and not heads_removable(model):
             raise LLMPruneError(
                 f"heads cannot be removed from model type '{model.config.model_type}': its attention layout "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -27,7 +28,7 @@ from ..process import resolve_device
 from .distill import distill
 from .finalize import finalize_config
 from .layouts import FamilyLayout, attention_sizes, layout_for
-from .blocks import block_removal_scores, block_skip_losses, bridge_run, choose_blocks, removed_runs
+from .blocks import block_removal_scores, block_skip_losses, bridge_run, bridge_unavailable, choose_blocks, removed_runs
 from .options import ShrinkOptions, with_overrides
 from .plan import ShrinkPlan, make_plan, unit_costs
 from .scores import InputStatistics, choose_units
@@ -291,6 +292,10 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     model.eval()
     dense = copy.deepcopy(model) if options.distill_steps else None  # the distillation's teacher
     inputs = capture_block_inputs(model, chunks, device) if needs_data else None
+    bridge_note = bridge_unavailable(layout) if options.block_correction and plan.blocks_removed else None
+    if bridge_note:  # the default asks for the bridge; this family cannot take it
+        print(f"llmprune: note: removed blocks get no linear bridge in model type '{model.config.model_type}': {bridge_note}", flush=True)
+        options = replace(options, block_correction=False)
     removed_blocks, influence, losses = [], None, None
     if plan.blocks_removed and options.block_score == "loss":
         losses = block_skip_losses(model, find_blocks(model)[1], chunks, progress)
@@ -335,7 +340,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         "removed_blocks": removed_blocks,
         "block_influence": [round(value, 5) for value in influence] if influence else None,
         "block_skip_loss": [round(value, 5) for value in losses] if losses else None,
-        "block_correction": [records[run[0] - 1]["bridge"] | {"blocks": list(range(run[0], run[1] + 1))}
+        "block_correction": {"skipped": bridge_note} if bridge_note else [records[run[0] - 1]["bridge"] | {"blocks": list(range(run[0], run[1] + 1))}
                              if run[0] > 0 else {"blocks": list(range(run[0], run[1] + 1)), "skipped": "no kept block before it"}
                              for run in removed_runs(removed_blocks)] if options.block_correction and removed_blocks else None,
         "blocks": {str(index): record for index, record in records.items() if record},
