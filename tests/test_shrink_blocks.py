@@ -114,3 +114,17 @@ def test_families_with_a_norm_after_the_mlp_lose_blocks_without_a_bridge_and_say
     kept = [i for i in range(4) if i not in report["removed_blocks"]]
     for new, old in enumerate(kept):  # the kept blocks' weights are untouched: no bridge was folded in
         torch.testing.assert_close(find_blocks(model)[1][new].mlp.down_proj.weight, find_blocks(dense)[1][old].mlp.down_proj.weight)
+
+
+def test_the_cli_reports_bridges_and_distillation(tiny_model_dir, tmp_path, capsys, calibration_text):
+    from llmprune.cli import main
+
+    out = tmp_path / "healed"
+    assert main(["shrink", "--model", str(tiny_model_dir), "--ratio", "0.5", "--units", "blocks", "--distill-steps", "2",
+                 "--calibration", str(calibration_text), "--nsamples", "4", "--seqlen", "16", "--output", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    report = __import__("json").loads((out / "llmprune_report.json").read_text())
+    assert report["block_correction"] and report["distill"]["steps"] == 2
+    assert "block bridges (calibration error of each removed run): [" in printed
+    assert "distillation: held-out KL to the dense model" in printed

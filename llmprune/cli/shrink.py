@@ -18,13 +18,16 @@ from .summary import print_report_if_unkept, print_results_and_output
 
 HELP = "structured pruning to a smaller dense model (MLP channels, heads, blocks)"
 EPILOG = """examples:
-  llmprune shrink --model llama --ratio 0.25 --nsamples 64 --seqlen 512 --eval-ppl --eval-windows 64 --output out/llama-shrink-25
-  llmprune shrink --model llama --ratio 0.25 --nsamples 64 --seqlen 512 --reconstruct --output out/healed   # + block reconstruction
-  llmprune shrink --model llama --ratio 0.25 --units mlp,heads --score obs --output out/s      # slower greedy choice
+  llmprune shrink --model llama --ratio 0.25 --nsamples 128 --seqlen 512 --eval-ppl --eval-windows 64 --output out/llama-shrink-25
+  llmprune shrink --model llama --ratio 0.25 --nsamples 128 --seqlen 512 --distill-steps 84 --output out/healed   # + distillation
+  llmprune shrink --model llama --ratio 0.25 --units mlp,heads --score hessian --output out/s   # no blocks, fastest score
   llmprune shrink --model Qwen/Qwen3-0.6B --ratio 0.2 --units mlp --multiple-of 256 --output out/q3   # GGUF k-quant friendly
 
+The default mix (auto) removes MLP channels and whole blocks; each removed run of blocks is replaced by
+a least-squares linear bridge folded into the kept block before it (--no-block-correction turns it off).
 The consumers' kept columns (down_proj, o_proj) are re-fitted by least squares on their calibration
-inputs; --reconstruct then trains every kept weight of each block towards the dense block's outputs.
+inputs; --reconstruct then trains every kept weight of each block towards the dense block's outputs, and
+--distill-steps trains the whole model towards the dense model's next-token distributions.
 --multiple-of: llama.cpp's k-quants need widths in multiples of 256; a small model needs finer steps
 to reach a ratio closely. The report (llmprune_report.json) lists the removed units of every block and,
 with --reconstruct, each block's held-out output error before and after training.
@@ -49,6 +52,15 @@ def print_summary(report: dict) -> None:
     if healed and healed.get("mean_held_out_error_before") is not None:
         print(f"block reconstruction: mean held-out block error {healed['mean_held_out_error_before']:.4g} -> "
               f"{healed['mean_held_out_error_after']:.4g} ({healed['seconds']:.1f} s)")
+    bridges = report.get("block_correction")
+    if isinstance(bridges, list):
+        print("block bridges (calibration error of each removed run): " + ", ".join(
+            f"{run['blocks']} {run['error_before']:.4g} -> {run['error_after']:.4g}" if "error_before" in run
+            else f"{run['blocks']} none ({run['skipped']})" for run in bridges))
+    distilled = report.get("distill")
+    if distilled and distilled.get("held_out_kl_before") is not None:
+        print(f"distillation: held-out KL to the dense model {distilled['held_out_kl_before']:.4g} -> "
+              f"{distilled['held_out_kl_after']:.4g} ({distilled['steps']} steps, {distilled['seconds']:.1f} s)")
     evaluation = report.get("eval", {})
     if "ppl_before" in evaluation:
         print(f"wikipedia test perplexity: {evaluation['ppl_before']:.2f} -> {evaluation['ppl_after']:.2f}")
