@@ -331,7 +331,9 @@ def write(result: dict, out: Path) -> None:
     forward = dense.get("calibration_forward_s")
     for row in quality:
         shrink_s = row.get("shrink_seconds")
-        cost = f"{shrink_s / forward:.2f}x" if shrink_s and forward else "-"
+        # Rows merged from another run carry that run's own yardstick (its dense forward, same calibration).
+        yardstick = row.get("yardstick_forward_s", forward)
+        cost = f"{shrink_s / yardstick:.2f}x" if shrink_s and yardstick else "-"
         kept = row.get("kept") or {}
         reached = f"{row['ratio_reached']:.3f}" if "ratio_reached" in row else "-"
         kept_text = ", ".join(f"{k.replace('num_', '').replace('_size', '')} {v}" for k, v in kept.items()) if kept else "-"
@@ -341,6 +343,10 @@ def write(result: dict, out: Path) -> None:
                      + f"{shrink_s if shrink_s is not None else '-'} | {cost} | {kept_text} |")
     if forward:
         lines += ["", f"Yardstick: a plain forward pass of the calibration batch took {forward} s in the dense worker."]
+        others = sorted({row["yardstick_forward_s"] for row in quality if "yardstick_forward_s" in row})
+        if others:
+            lines[-1] += (" Rows merged from a later run on the same calibration are measured against that run's own "
+                          f"dense forward ({', '.join(f'{v} s' for v in others)}); see the notes.")
     healed = [row for row in quality if row.get("held_out_block_error")]
     if healed:
         lines += ["", "Block reconstruction (`:recon`, default settings): mean held-out block output error, relative to "

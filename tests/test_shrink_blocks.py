@@ -128,3 +128,17 @@ def test_the_cli_reports_bridges_and_distillation(tiny_model_dir, tmp_path, caps
     assert report["block_correction"] and report["distill"]["steps"] == 2
     assert "block bridges (calibration error of each removed run): [" in printed
     assert "distillation: held-out KL to the dense model" in printed
+
+
+def test_span_ranking_removes_the_contiguous_run_that_changes_the_stream_least():
+    model = build("llama", layers=5)
+    blocks = find_blocks(model)[1]
+    with torch.no_grad():  # blocks 2 and 3 are identities; blocks 0 and 4 alone would be cheaper apart
+        for index in (2, 3):
+            blocks[index].self_attn.o_proj.weight.zero_()
+            blocks[index].mlp.down_proj.weight.zero_()
+    report = shrink(model, ratio=0.4, units="blocks", block_score="span", calibration_ids=random_calibration(),
+                    progress=False, device="cpu")
+    assert report["removed_blocks"] == [2, 3]
+    [run] = report["block_correction"]
+    assert run["blocks"] == [2, 3] and run["error_before"] == pytest.approx(0.0, abs=1e-10)

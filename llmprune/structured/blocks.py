@@ -33,13 +33,17 @@ LOSS_WINDOWS = 8
 
 
 @torch.no_grad()
-def block_removal_scores(lifecycle: Lifecycle, inputs: list[BlockInputs], sample_rows: int = 8192) -> tuple[list[float], list[torch.Tensor]]:
-    """Per block, ShortGPT's block influence 1 - mean cos(x_in, x_out) over every token, and a sample of
-    token rows of the hidden states at every block boundary (for Gromov's spans). One dense forward."""
+def block_removal_scores(lifecycle: Lifecycle, inputs: list[BlockInputs], boundaries_too: bool = False,
+                         sample_rows: int = 8192) -> tuple[list[float], list[torch.Tensor]]:
+    """Per block, ShortGPT's block influence 1 - mean cos(x_in, x_out) over every token, and with
+    ``boundaries_too`` a sample of token rows of the hidden states at every block boundary (for Gromov's
+    spans; some 600 MB for 30 blocks of width 576, so only when asked). One dense forward."""
     inputs = copy_inputs(inputs)
     influence, boundaries = [], []
 
     def sample(hidden: list[torch.Tensor]) -> torch.Tensor:
+        if not boundaries_too:
+            return torch.empty(0)
         rows = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden])
         stride = max(1, rows.shape[0] // sample_rows)
         return rows[::stride].float().cpu()

@@ -301,7 +301,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         losses = block_skip_losses(model, find_blocks(model)[1], chunks, progress)
         removed_blocks = choose_blocks("loss", plan.blocks_removed, losses=losses)
     elif plan.blocks_removed:
-        influence, boundaries = block_removal_scores(Lifecycle(model, device=device, progress=progress), inputs)
+        influence, boundaries = block_removal_scores(Lifecycle(model, device=device, progress=progress), inputs,
+                                                     boundaries_too=options.block_score == "span")
         removed_blocks = choose_blocks(options.block_score, plan.blocks_removed, influence, boundaries)
         del boundaries
     if inputs is None:  # magnitude without compensation: weights alone decide
