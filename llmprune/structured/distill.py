@@ -71,17 +71,20 @@ def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, steps
                 order += torch.randperm(len(train), generator=generator).tolist()
             batch = train[torch.tensor(order[:batch_size], device=train.device)]
             del order[:batch_size]
-            with torch.no_grad():
-                target = teacher(input_ids=batch, use_cache=False).logits
-            with torch.enable_grad():
-                loss = token_kl(student(input_ids=batch, use_cache=False).logits, target)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
+            optimiser.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for window in batch.split(1):  # one window at a time: the logits (tokens x vocabulary) dominate memory
+                with torch.no_grad():
+                    target = teacher(input_ids=window, use_cache=False).logits
+                with torch.enable_grad():
+                    loss = token_kl(student(input_ids=window, use_cache=False).logits, target) / len(batch)
+                    loss.backward()  # gradients add up to those of the batch's mean KL (equal-length windows)
+                loss_sum += float(loss.detach())
+                del target, loss
             optimiser.step()
             schedule.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss_sum)
             bar.set_postfix(kl=f"{losses[-1]:.4f}")
-            del target, loss
     finally:
         bar.close()
         for parameter, flag in zip(parameters, requires_grad):
