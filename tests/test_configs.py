@@ -7,7 +7,8 @@ from llmprune.options import RunOptions
 from llmprune.errors import LLMPruneError
 from llmprune.methods import METHODS
 
-PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith(("imp-", "lth-")))
+PRUNE_RECIPES = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith(("imp-", "lth-", "shrink-")))
+SHRINK_RECIPES = sorted((Path(__file__).parent.parent / "configs").glob("shrink-*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", PRUNE_RECIPES, ids=lambda p: p.name)
@@ -15,6 +16,16 @@ def test_prune_recipes_load(recipe):
     config = RunOptions.from_yaml(recipe)
     assert config.method in METHODS
     assert (config.sparsity is None) != (config.pattern is None)
+
+
+@pytest.mark.parametrize("recipe", SHRINK_RECIPES, ids=lambda p: p.name)
+def test_shrink_recipes_load(recipe):
+    from llmprune.cli import build_parser
+    from llmprune.cli.dataclass_flags import options_from_args
+    from llmprune.structured import ShrinkRunOptions
+
+    options = options_from_args(ShrinkRunOptions, build_parser("shrink").parse_args(["--config", str(recipe)]))
+    assert 0 < options.ratio < 1 and options.parsed_units()  # every key known, the units valid
 
 
 def test_unknown_recipe_key_is_refused(tmp_path):
