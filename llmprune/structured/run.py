@@ -263,7 +263,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     ``block_correction`` folds a least-squares linear bridge for each removed run into the kept block
     before it. ``compensate`` re-fits the consumer's kept columns by least squares,
     towards the layer's own outputs (``refit_target="local"``) or the dense model's (``teacher``);
-    ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs. Widths are
+    ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs, and
+    ``distill_steps`` the whole shrunk model towards the dense model's next-token distributions. Widths are
     uniform across blocks and rounded to ``multiple_of``; the config is edited so the saved folder loads
     with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
     """
