@@ -69,10 +69,15 @@ class MicroBatch:
     stop: int
 
 
+def held_out_count(windows: int) -> int:
+    """How many of ``windows`` calibration windows are held out: ``HELD_OUT_SHARE``, at least one of two or more."""
+    return max(1, round(windows * HELD_OUT_SHARE)) if windows >= 2 else 0
+
+
 def plan_micro_batches(inputs: list[BlockInputs], batch_size: int) -> tuple[list[MicroBatch], list[MicroBatch]]:
     """(training, held-out) micro-batches: the last ``HELD_OUT_SHARE`` of the windows are held out."""
     windows = [(chunk, row) for chunk, item in enumerate(inputs) for row in range(item.hidden.shape[0])]
-    held = max(1, round(len(windows) * HELD_OUT_SHARE)) if len(windows) >= 2 else 0
+    held = held_out_count(len(windows))
     split = len(windows) - held
 
     def group(part: list[tuple[int, int]]) -> list[MicroBatch]:

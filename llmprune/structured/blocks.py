@@ -24,6 +24,7 @@ from ..anatomy import weight_matrix
 from ..engine import BlockInputs, Lifecycle, copy_inputs, propagate, run_block
 from ..engine.capture import block_output
 from ..errors import LLMPruneError
+from ..reconstruct import relative_error
 from .layouts import FamilyLayout
 from .surgery import keep_inputs, submodule
 
@@ -187,8 +188,8 @@ def bridge_run(block: nn.Module, layout: FamilyLayout, inputs: list[BlockInputs]
     corrected = run_block(block, inputs)  # run again rather than O + M (T - I): exact in the model's dtype
     before = after = scale = 0.0
     for out, new, target in zip(outputs, corrected, targets):
-        before += float((out - target.hidden).double().pow(2).sum())
-        after += float((new - target.hidden).double().pow(2).sum())
-        scale += float(target.hidden.double().pow(2).sum())
+        error, size = relative_error(out, target.hidden)
+        before, scale = before + error, scale + size
+        after += relative_error(new, target.hidden)[0]
     entry = {"error_before": before / scale if scale else None, "error_after": after / scale if scale else None}
     return corrected, entry

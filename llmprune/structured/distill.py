@@ -7,7 +7,7 @@ model's output distribution (KL(dense || shrunk) per token, summed over the voca
 tokens; the recovery step of LLM-Pruner and Minitron, here on the calibration tokens only) trains against
 the compounded error directly. AdamW with a cosine schedule, in float32 whatever the model's dtype.
 
-The last windows (``HELD_OUT_SHARE``, at least one when there are two or more) are never trained on:
+The last windows (as many as block reconstruction holds out) are never trained on:
 the report gives the KL there before and after, so overfitting the calibration shows.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..reconstruct import HELD_OUT_SHARE
+from ..reconstruct import held_out_count
 
 
 def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, steps
     """Train ``student`` in place for ``steps`` AdamW steps on micro-batches of ``windows`` (token ids,
     windows x tokens); returns the report entry."""
     started = time.perf_counter()
-    held = max(1, round(len(windows) * HELD_OUT_SHARE)) if len(windows) >= 2 else 0
+    held = held_out_count(len(windows))
     train, held_out = windows[: len(windows) - held], windows[len(windows) - held :]
     homes = {id(m): (next(m.parameters()).device, next(m.parameters()).dtype) for m in (student, teacher)}
     student.to(device=device, dtype=torch.float32)

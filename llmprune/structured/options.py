@@ -41,7 +41,7 @@ class ShrinkOptions:
     # auto: on the bundled SmolLM2 at R = 0.25 (64 x 512 calibration, 64 test windows) mlp,blocks with the
     # bridge measured 24.62, mlp,heads 27.06 (eval/results/shrink.md); without the bridge blocks are poor.
     units: str = option("auto", f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,blocks where the family "
-                        "allows the removed blocks' bridge (--block-correction), else mlp,heads where its heads are "
+                        "allows the removed blocks' bridge (see --no-block-correction), else mlp,heads where its heads are "
                         "removable, else mlp", WHAT)
     # obs by default: 27.06 against 27.63 for hessian on the bundled model (R = 0.25, mlp,heads, 64 x 512
     # calibration, 64 test windows), in less than 2x a plain forward of the calibration batch.
@@ -93,7 +93,7 @@ class ShrinkOptions:
     progress: bool = shared_option(PruneOptions, "progress")
 
     def parsed_units(self, model: nn.Module | None = None) -> tuple[str, ...]:
-        """The unit mix; ``auto`` is resolved for ``model`` (mlp,heads before a model is known)."""
+        """The unit mix; ``auto`` is resolved for ``model`` (mlp,blocks before a model is known)."""
         units = self.units
         if units == "auto":
             if model is None or bridge_unavailable(layout_for(model)[0]) is None:

@@ -233,6 +233,20 @@ def following_run(index: int, removed: list[int]) -> list[int]:
     return run
 
 
+def bridge_report(records: dict[int, dict], removed_blocks: list[int], bridged: bool, note: str | None) -> dict | list | None:
+    """Per removed run, its blocks and its bridge's errors (from the record of the kept block before it);
+    ``{"skipped": why}`` when the family cannot take a bridge; None when no bridge was asked or no block went."""
+    if note:
+        return {"skipped": note}
+    if not bridged or not removed_blocks:
+        return None
+    entries = []
+    for first, last in removed_runs(removed_blocks):
+        blocks = {"blocks": list(range(first, last + 1))}
+        entries.append(records[first - 1]["bridge"] | blocks if first > 0 else blocks | {"skipped": "no kept block before it"})
+    return entries
+
+
 def propagate_hidden(hidden: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
     """A stream of bare hidden states (the dense teacher's) moves on to the block's outputs."""
     hidden[:] = outputs
@@ -342,9 +356,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         "removed_blocks": removed_blocks,
         "block_influence": [round(value, 5) for value in influence] if influence else None,
         "block_skip_loss": [round(value, 5) for value in losses] if losses else None,
-        "block_correction": {"skipped": bridge_note} if bridge_note else [records[run[0] - 1]["bridge"] | {"blocks": list(range(run[0], run[1] + 1))}
-                             if run[0] > 0 else {"blocks": list(range(run[0], run[1] + 1)), "skipped": "no kept block before it"}
-                             for run in removed_runs(removed_blocks)] if options.block_correction and removed_blocks else None,
+        "block_correction": bridge_report(records, removed_blocks, options.block_correction, bridge_note),
         "blocks": {str(index): record for index, record in records.items() if record},
         "calibration": {"source": source if needs_data else None, "nsamples": nsamples if needs_data else 0,
                         "seqlen": seqlen if needs_data else 0, "seed": options.seed, "chunks": len(chunks) if chunks else 0},
