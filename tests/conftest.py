@@ -72,3 +72,15 @@ def calibration_text(tmp_path):
     path = tmp_path / "calib.txt"
     path.write_text(("the cat sat on the mat and the dog ran in the park while birds sang. " * 200), encoding="utf-8")
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line on how the reference outputs were compared on this machine."""
+    from tests.reference_outputs import REFERENCE_FILE, cpu_family
+
+    import json
+
+    exact = cpu_family() in json.loads(REFERENCE_FILE.read_text()).get("exact", {})
+    terminalreporter.write_line(
+        f"reference outputs: {'exact hashes and tolerant checks' if exact else 'tolerant checks only (no exact hashes for this CPU family)'}"
+        f" on {cpu_family()}")
