@@ -169,11 +169,11 @@ def run_tests(copy: Path, nodes: list[str]) -> tuple[int, float, str]:
 
 
 def failure_line(output: str) -> str:
-    """pytest's short summary of the first failure (``FAILED node - message``)."""
-    for line in output.splitlines():
-        if line.startswith(("FAILED", "ERROR")):
-            return line[:300]
-    return ""
+    """The first failing test and the first line of its error (pytest's ``E   ...`` line)."""
+    lines = output.splitlines()
+    failed = next((line.split(" - ")[0] for line in lines if line.startswith(("FAILED", "ERROR"))), "")
+    error = next((line[1:].strip() for line in lines if line.startswith("E ")), "")
+    return f"{failed.split('::', 1)[-1]}: {error}"[:300] if failed else ""
 
 
 def cpu_name() -> str:
