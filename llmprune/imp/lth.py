@@ -7,6 +7,8 @@ test every ``eval_every`` iterations; the early-stopping iteration is the one wi
 lowest validation loss, and test accuracy is reported there and at the end. The shared
 runner does rounds, controls, trials, resume and rewinding; ``lth_report`` writes the report,
 CSV and plots. The presets hold the paper's protocol; every value can be overridden.
+``train_many`` trains K such jobs at once as one stacked model (``stacked.py``): the same
+jobs, up to float rounding, for a fraction of the per-job cost.
 """
 from __future__ import annotations
 

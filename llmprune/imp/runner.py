@@ -13,6 +13,11 @@ initialisation) is the domain object; see ``bert.py`` and ``lth.py``.
 Every job writes into its own folder under the run folder, ``metrics.json`` last, so a killed
 run started again with the same command skips what is finished and redoes only the job that
 was cut off; every job seeds its own randomness, so redoing it gives the same numbers.
+
+A domain with ``train_many`` (``lth.py``) trains independent jobs as one stacked model: stage r
+holds every seed's ticket of round r and its controls of round r (they need only the mask the
+ticket of round r - 1 derived), cut into fixed chunks of ``parallel_jobs``; a chunk cut off by a
+kill trains again whole, so every job is redone in the same company.
 """
 from __future__ import annotations
 
