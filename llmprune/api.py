@@ -21,8 +21,8 @@ from .io.atomic import check_free_space, check_output_dir, write_folder_atomical
 from .io.loading import load_causal_lm
 from .io.writer import model_bytes, save_pruned_model, write_report, write_report_file
 from .options import PruneOptions, RunOptions, with_overrides
-from .allocation import DepthRamp, auto_candidates
-from .owl import OWL
+from .allocation import make_allocation
+from .allocation.auto import AutoAllocation, split_heldout
 from .process import resolve_device, resolve_dtype
 from .report import coverage_warning, prune_report
 from .structured.job import run_shrink  # noqa: F401  (the `llmprune shrink` job)
@@ -51,12 +51,13 @@ def _prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: 
     was_training = model.training
     model.eval()
     lifecycle = Lifecycle(model, home, device, options.progress, options.expert_policy())
-    choice = None
     if allocation_name == "auto":
-        choice = _choose_allocation(lifecycle, tokenizer, method, target, chunks, options, seqlen, calibration_ids)
-        allocation, chunks = choice.pop("allocation"), choice.pop("chunks")
+        heldout, chunks = split_heldout(tokenizer, options.calibration, options.heldout_windows, seqlen, options.seed,
+                                        chunks, calibration_ids)
+        allocation = AutoAllocation(method, chunks, heldout, options.owl_m, options.progress)
     else:
-        allocation = {"owl": OWL(options.owl_m, options.owl_lambda), "ramp": DepthRamp(options.ramp_step)}.get(allocation_name)
+        allocation = make_allocation(allocation_name, owl_m=options.owl_m, owl_lambda=options.owl_lambda,
+                                     ramp_step=options.ramp_step)
     outcome = prune_model(lifecycle, method, target, chunks, options.selection(), allocation=allocation,
                           steps=options.after_prune_steps())
     model.train(was_training)
@@ -75,65 +76,10 @@ def _prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: 
     report.update(outcome.entries)
     if method_options := dict(options.method_options):
         report["method_options"] = method_options
-    if choice is not None:
-        report["allocation_auto"] = choice
     warning = coverage_warning(report["coverage"])
     if warning:
         print(warning, flush=True)
     return report
-
-
-@torch.no_grad()
-def heldout_loss(model, windows: torch.Tensor, batch_size: int = 4) -> float:
-    """Mean next-token negative log-likelihood of ``model`` on ``windows`` (what --allocation auto compares)."""
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    for batch in windows.split(batch_size):
-        batch = batch.to(device)
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total, count = total + float(loss), count + batch[:, 1:].numel()
-    return total / count
-
-
-def _choose_allocation(lifecycle, tokenizer, method, target, chunks, options: PruneOptions, seqlen: int,
-                       calibration_ids: torch.Tensor | None) -> dict:
-    """Prune with each candidate allocation, score each on held-out calibration windows, restore the weights.
-
-    The held-out windows come from the calibration source's train split with seed + 1 (or, with given
-    token ids, from their last windows, which then calibrate nothing): never the test split.
-    """
-    from .anatomy import model_weights
-    from .calibration import calibration_batch
-
-    model = lifecycle.model
-    if calibration_ids is not None:
-        count = min(options.heldout_windows, max(1, calibration_ids.shape[0] // 4))
-        heldout = calibration_ids[-count:]
-        chunks = list(torch.tensor_split(calibration_ids[:-count], len(chunks))) if calibration_ids.shape[0] > count else chunks
-    else:
-        heldout = calibration_batch(tokenizer, options.calibration, options.heldout_windows, seqlen, options.seed + 1)
-    weights = model_weights(model, options.selection())
-    original = {name: weight.matrix().clone() for name, weight in weights.items()}
-    quiet = Lifecycle(model, lifecycle.home, lifecycle.device, False, lifecycle.experts)
-    scores = []
-    for label, candidate in auto_candidates(len(lifecycle.blocks), options.owl_m):
-        prune_model(quiet, method, target, chunks, options.selection(), allocation=candidate)
-        loss = heldout_loss(model, heldout)
-        scores.append({"candidate": label, "heldout_loss": round(loss, 6)})
-        if options.progress:
-            print(f"llmprune: allocation {label}: held-out loss {loss:.4f}", flush=True)
-        for name, weight in weights.items():
-            weight.set_matrix(original[name])
-        scores[-1]["_allocation"] = candidate
-    best = min(scores, key=lambda entry: entry["heldout_loss"])
-    return {
-        "chosen": best["candidate"],
-        "heldout_windows": int(heldout.shape[0]),
-        "candidates": [{k: v for k, v in entry.items() if not k.startswith("_")} for entry in scores],
-        "allocation": best["_allocation"],
-        "chunks": chunks,
-    }
 
 
 def prune(model, tokenizer=None, options: PruneOptions | None = None, *, calibration_ids: torch.Tensor | None = None,

@@ -15,16 +15,10 @@ from .anatomy import ROUTER_TENSOR, stores_experts_transposed, stores_transposed
 from .errors import LLMPruneError
 from .io.sparse import as_matrix, bitmask_bytes, iter_dense_tensors, nm_violations, sparsity_config, weight_files
 from .io.writer import REPORT_NAME
+from .methods import SparsityTarget
 
 # 2-D weights that are lookup tables, not matrix multiplies: never pruned, reported apart.
 EMBEDDING_NAME = re.compile(r"(embed|wte|wpe|lm_head|word_embeddings|position_embeddings|token_type_embeddings)")
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern or "")
-    if not match or not 0 < int(match.group(1)) < int(match.group(2)):
-        raise LLMPruneError(f"bad N:M pattern '{pattern}' (use e.g. 2:4 or 4:8, with 0 < N < M)")
-    return int(match.group(1)), int(match.group(2))
 
 
 @dataclass
@@ -101,7 +95,8 @@ def inspect_folder(folder: str | Path, pattern: str = "2:4") -> FolderInfo:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise LLMPruneError(f"model folder not found: {folder}")
-    n, m = parse_pattern(pattern)
+    target = SparsityTarget.parse(pattern=pattern)
+    n, m = target.n, target.m
     sparse_config = sparsity_config(folder) if (folder / "config.json").is_file() else None
     layout = sparse_config.get("format", "sparse") if sparse_config else "dense"
     info = FolderInfo(folder=str(folder), pattern=f"{n}:{m}", layout=layout)

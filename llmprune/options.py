@@ -110,7 +110,7 @@ class PruneOptions:
 
     def validate(self) -> None:
         """Every check that needs no model: bad values fail here, before anything is loaded."""
-        from .owl import check_owl_options
+        from .allocation import check_owl_options
 
         target = self.target()
         allocation = self.allocation_name()

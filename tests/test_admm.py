@@ -103,12 +103,27 @@ def test_row_blocking_does_not_change_the_result(monkeypatch):
     weight = torch.randn(20, 32, generator=g)
     x = correlated_inputs()
     target = SparsityTarget.parse(0.6)
-    # No early stop: the final solve stops per block of rows, so a tolerance could end blocks apart.
-    whole, whole_keep = pruned_weight("admm", weight, x, target, refit_tolerance=0.0)
+    method = get_method("admm", refit_tolerance=0.0)
+    stats = statistics_for(method, x)
+
+    def run(keep=None):
+        # No early stop: the final solve stops per block of rows, so a tolerance could end blocks apart.
+        result = method.prune_with_mask(weight.clone(), stats, target, keep=keep)
+        return result.weight.masked_fill(~result.keep, 0.0), result.keep
+
+    whole, whole_keep = run()
+    whole_fixed, _ = run(whole_keep)
     monkeypatch.setattr(admm_module, "ROW_BLOCK_ELEMENTS", 3 * 32)  # blocks of 3 rows, the last one short
-    blocked, blocked_keep = pruned_weight("admm", weight, x, target, refit_tolerance=0.0)
-    assert torch.equal(whole_keep, blocked_keep)
-    torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-5)
+    blocked, blocked_keep = run()
+    blocked_fixed, _ = run(whole_keep)
+    # Products of 3 rows and of 20 may round differently on some CPUs' kernels, and a near-tie flipped
+    # in a mask iteration changes that row from there on, while a blocking bug (a row skipped or
+    # shifted) changes whole rows (32 entries, 5% of the layer): under 1% of the mask may differ, and
+    # with one mask fixed for both the row-blocked solve gives the same weights.
+    assert int((whole_keep != blocked_keep).sum()) <= weight.numel() // 100
+    torch.testing.assert_close(blocked_fixed, whole_fixed, atol=1e-5, rtol=1e-5)
+    if torch.equal(whole_keep, blocked_keep):
+        torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_shared_statistics_are_left_untouched():

@@ -7,7 +7,7 @@ import torch
 from llmprune.allocation import depth_ramp_allocation, depth_ramp_sparsities
 from llmprune.errors import LLMPruneError
 from llmprune.methods import SparsityTarget
-from llmprune.owl import MAX_BLOCK_SPARSITY
+from llmprune.allocation import MAX_BLOCK_SPARSITY
 
 
 def weighted_mean(values, sizes):

@@ -22,16 +22,16 @@ def test_depth_ramp_through_the_api_rises_with_depth_and_keeps_the_mean():
 
 
 def test_auto_scores_every_candidate_on_heldout_training_windows_and_uses_the_best(monkeypatch):
-    import llmprune.api as api
+    import llmprune.allocation.auto as auto_module
 
     calls = []
-    original = api.heldout_loss
+    original = auto_module.heldout_loss
 
     def spy(model, windows, batch_size=4):
         calls.append(windows.clone())
         return original(model, windows, batch_size)
 
-    monkeypatch.setattr(api, "heldout_loss", spy)
+    monkeypatch.setattr(auto_module, "heldout_loss", spy)
     ids = random_calibration(nsamples=8)
     model = tiny_model("llama")
     report = llmprune.prune(model, None, method="wanda", sparsity=0.6, allocation="auto", calibration_ids=ids, progress=False)
@@ -52,7 +52,7 @@ def test_auto_scores_every_candidate_on_heldout_training_windows_and_uses_the_be
 
 def test_auto_restores_the_weights_between_candidates():
     """Every candidate starts from the dense weights: the uniform candidate's loss equals a plain uniform run's."""
-    import llmprune.api as api
+    from llmprune.allocation.auto import heldout_loss
 
     ids = random_calibration(nsamples=8)
     report = llmprune.prune(tiny_model("llama"), None, method="sparsegpt", sparsity=0.6, allocation="auto",
@@ -60,7 +60,7 @@ def test_auto_restores_the_weights_between_candidates():
     plain = tiny_model("llama")
     llmprune.prune(plain, None, method="sparsegpt", sparsity=0.6, calibration_ids=ids[:-2], progress=False)
     uniform = [c for c in report["allocation_auto"]["candidates"] if c["candidate"] == "uniform"][0]
-    assert uniform["heldout_loss"] == pytest.approx(api.heldout_loss(plain, ids[-2:]), abs=1e-6)
+    assert uniform["heldout_loss"] == pytest.approx(heldout_loss(plain, ids[-2:]), abs=1e-6)
     owl = [c for c in report["allocation_auto"]["candidates"] if c["candidate"].startswith("owl")][0]
     assert owl["heldout_loss"] != uniform["heldout_loss"]
 

@@ -16,6 +16,7 @@ def weight_matrix(module):
     return module.weight.data.t() if type(module).__name__ == "Conv1D" else module.weight.data
 
 from tests.conftest import FAMILIES, random_calibration, tiny_model
+from tests.selection_helpers import assert_same_selection
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -52,9 +53,21 @@ def test_single_pass_and_two_pass_schedules_both_prune_exactly():
         for model in (fused, chunked):
             w = weight_matrix(dict(model.named_modules())[name])
             assert ((w == 0).sum(dim=1) == w.shape[1] // 2).all()
-    # The first layer of block 0 sees identical inputs under both schedules, so identical masks.
-    first = "model.layers.0.self_attn.q_proj"
-    assert torch.equal(dict(fused.named_modules())[first].weight, dict(chunked.named_modules())[first].weight)
+    # The first layer of block 0 sees identical inputs under both schedules, so the same mask (up to
+    # near-ties: one pass sums the squares in another order than three chunks) and the dense kept values.
+    dense = tiny_model()
+    seen = []
+    q_proj = dense.model.layers[0].self_attn.q_proj
+    handle = q_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        dense(ids)
+    handle.remove()
+    scores = q_proj.weight.detach().abs() * seen[0].square().sum(0).sqrt()
+    expected = torch.ones_like(scores, dtype=torch.bool).scatter_(1, torch.topk(scores, 32, dim=1, largest=False).indices, False)
+    for model in (fused, chunked):
+        pruned = model.model.layers[0].self_attn.q_proj.weight
+        assert_same_selection(pruned != 0, expected, scores, 32)
+        assert torch.equal(pruned[pruned != 0], q_proj.weight[pruned != 0])
 
 
 def test_layers_sharing_an_input_share_statistics_with_the_two_pass_schedule():
@@ -72,7 +85,7 @@ def test_layers_sharing_an_input_share_statistics_with_the_two_pass_schedule():
     norms = inputs["x"].reshape(-1, 64).float().square().sum(0).sqrt()
     score = original.abs() * norms
     expected = torch.ones_like(score, dtype=torch.bool).scatter_(1, torch.topk(score, 32, dim=1, largest=False).indices, False)
-    assert torch.equal(block.self_attn.k_proj.weight != 0, expected)
+    assert_same_selection(block.self_attn.k_proj.weight != 0, expected, score, 32)  # norms summed in another order
 
 
 def test_magnitude_needs_no_calibration_and_ignore_leaves_layers_alone():

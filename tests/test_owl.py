@@ -12,7 +12,7 @@ from llmprune.engine import Lifecycle, capture_block_inputs
 
 def prunable_layers(block):
     return {name: weight.module for name, weight in prunable_weights(block).items()}
-from llmprune.owl import measure_outlier_ratios, outlier_ratio, owl_sparsities
+from llmprune.allocation.owl import measure_outlier_ratios, outlier_ratio, owl_sparsities
 from tests.conftest import random_calibration, tiny_model
 
 

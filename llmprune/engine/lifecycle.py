@@ -96,12 +96,14 @@ class BlockStep:
 
 
 class Allocation(Protocol):
-    """Gives each block its own target (OWL, depth ramp, ...)."""
+    """Gives each block its own target (uniform, OWL, depth ramp, ...: ``llmprune/allocation/``)."""
 
     name: str
 
     def allocate(self, lifecycle: "Lifecycle", dense_inputs: list[BlockInputs] | None, target: SparsityTarget,
-                 selection: LayerSelection) -> tuple[dict, list[SparsityTarget]]: ...
+                 selection: LayerSelection) -> tuple[dict, list[SparsityTarget]]:
+        """(report sections by name, one target per block)."""
+        ...
 
 
 def propagate(inputs: list[BlockInputs], outputs: list[torch.Tensor]) -> None:
@@ -162,8 +164,8 @@ def prune_model(
     entries: dict[str, Any] = {}
     block_targets = None
     if allocation is not None:
-        entries[allocation.name], block_targets = allocation.allocate(
-            lifecycle, copy_inputs(inputs) if inputs else None, target, selection)
+        allocated, block_targets = allocation.allocate(lifecycle, copy_inputs(inputs) if inputs else None, target, selection)
+        entries.update(allocated)
         if len(block_targets) != len(lifecycle.blocks):
             raise LLMPruneError(f"{len(block_targets)} block targets given for {len(lifecycle.blocks)} blocks")
     block_inputs = inputs if method.needs_calibration or any(step.needs_inputs for step in steps) else None

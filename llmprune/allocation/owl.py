@@ -23,11 +23,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .anatomy import LayerSelection
-from .engine import BlockInputs, ExpertPolicy, Lifecycle, gather_block_statistics, prunable_weight_count, propagate
-from .errors import LLMPruneError
-from .methods import SparsityTarget
-from .methods.wanda import Wanda
+from ..anatomy import LayerSelection
+from ..engine import BlockInputs, ExpertPolicy, Lifecycle, gather_block_statistics, prunable_weight_count, propagate
+from ..errors import LLMPruneError
+from ..methods import SparsityTarget
+from ..methods.wanda import Wanda
+from .limits import MAX_BLOCK_SPARSITY
 
 
 # ---------------------------------------------------------------- measuring
@@ -66,11 +67,6 @@ def measure_outlier_ratios(lifecycle: Lifecycle, inputs: list[BlockInputs], m: f
 
 
 # ---------------------------------------------------------------- allocating
-
-# Highest per-block sparsity handed out; a block pruned to 100% would cut the residual stream's
-# contribution of that block entirely, which no allocation should do by accident.
-MAX_BLOCK_SPARSITY = 0.99
-
 
 def owl_sparsities(
     ratios: Sequence[float],
@@ -140,6 +136,7 @@ class OWL:
 
     def allocate(self, lifecycle: Lifecycle, dense_inputs: list[BlockInputs] | None, target: SparsityTarget,
                  selection: LayerSelection) -> tuple[dict, list[SparsityTarget]]:
+        """({"owl": entry}, per-block targets)."""
         if dense_inputs is None:
             raise LLMPruneError("OWL needs calibration data")
         ratios = measure_outlier_ratios(lifecycle, dense_inputs, self.m, selection)
@@ -151,4 +148,4 @@ class OWL:
             "outlier_ratios": [round(r, 6) for r in ratios],
             "block_sparsity": [round(s, 6) for s in block_sparsity],
         }
-        return entry, [SparsityTarget(sparsity=s) for s in block_sparsity]
+        return {self.name: entry}, [SparsityTarget(sparsity=s) for s in block_sparsity]

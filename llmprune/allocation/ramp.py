@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .errors import LLMPruneError
-from .methods import SparsityTarget
-from .owl import MAX_BLOCK_SPARSITY
+from ..engine import prunable_weight_count
+from ..errors import LLMPruneError
+from ..methods import SparsityTarget
+from .limits import MAX_BLOCK_SPARSITY
 
 
 def depth_ramp_sparsities(sparsity: float, step: float, sizes: Sequence[int]) -> tuple[list[float], float]:
@@ -77,25 +78,7 @@ class DepthRamp:
         self.step = step
 
     def allocate(self, lifecycle, dense_inputs, target: SparsityTarget, selection) -> tuple[dict, list[SparsityTarget]]:
-        from .engine import prunable_weight_count
-
+        """({"depth_ramp": entry}, per-block targets)."""
         sizes = [prunable_weight_count(block, selection) for block in lifecycle.blocks]
-        return depth_ramp_allocation(target, self.step, sizes)
-
-
-# --allocation auto tries these, each pruned in full and scored on held-out calibration windows: OWL at
-# these lambdas, and ramps whose first and last blocks differ by these spreads (the step is
-# spread / (blocks - 1), so the grid means the same for a 12-block and an 80-block model).
-AUTO_OWL_LAMBDAS = (0.08, 0.15)
-AUTO_RAMP_SPREADS = (0.1, 0.2)
-
-
-def auto_candidates(blocks: int, owl_m: float) -> list[tuple[str, object | None]]:
-    """(label, allocation or None) for every candidate ``--allocation auto`` compares, uniform first."""
-    from .owl import OWL
-
-    candidates: list[tuple[str, object | None]] = [("uniform", None)]
-    candidates += [(f"owl lambda={lam}", OWL(owl_m, lam)) for lam in AUTO_OWL_LAMBDAS]
-    if blocks > 1:
-        candidates += [(f"depth ramp spread={spread}", DepthRamp(spread / (blocks - 1))) for spread in AUTO_RAMP_SPREADS]
-    return candidates
+        entry, targets = depth_ramp_allocation(target, self.step, sizes)
+        return {self.name: entry}, targets

@@ -1,0 +1,67 @@
+"""`llmprune lth` with late rewinding, against what the test records itself: every control that keeps the
+rewind weights starts from the saved rewind point (not the initialisation), and every job of a seed, ticket
+or control, in every round, trains on the same batches in the same order."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmprune.imp.lth import VisionDomain, run_lth
+from llmprune.imp.options import LTHConfig
+
+from lth_helpers import tiny_idx_folder, tiny_settings
+
+ORIGINAL_TRAIN = VisionDomain.train
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_idx_folder(tmp_path_factory.mktemp("lth-controls") / "idx")
+
+
+def record_jobs(monkeypatch) -> dict[str, dict]:
+    """desc ("ticket r1", "random-mask r2", ...) -> the job's starting state and the inputs of every
+    training step (recorded by a forward pre-hook while the model is in training mode)."""
+    jobs: dict[str, dict] = {}
+
+    def train(domain, model, masks, seed, on_step, desc):
+        batches: list[torch.Tensor] = []
+        handle = model.register_forward_pre_hook(lambda m, args: batches.append(args[0].detach().clone()) if m.training else None)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            return ORIGINAL_TRAIN(domain, model, masks, seed, on_step, desc)
+        finally:
+            handle.remove()
+            jobs[desc] = {"start": start, "batches": batches}
+
+    monkeypatch.setattr(VisionDomain, "train", train)
+    return jobs
+
+
+def test_controls_start_from_the_late_rewind_point(folder, tmp_path, monkeypatch):
+    jobs = record_jobs(monkeypatch)
+    output = tmp_path / "run"
+    run_lth(LTHConfig(**tiny_settings(folder, output, rounds=2, rewind="step:5", controls="all")))
+    rewind = torch.load(Path(output) / "seed-0" / "rewind.pt", weights_only=True)
+    initial = jobs["ticket r0"]["start"]
+    assert all(not torch.equal(rewind[k], initial[k]) for k in rewind if k.endswith("weight"))  # 5 steps moved them
+    for r in (1, 2):
+        for kind in ("ticket", "random-mask", "one-shot"):  # the rewind weights under their own masks
+            start = jobs[f"{kind} r{r}"]["start"]
+            assert all(torch.equal(start[k], rewind[k]) for k in rewind), f"{kind} r{r}"
+        fresh = jobs[f"reinit r{r}"]["start"]  # fresh weights; biases keep their rewind values
+        for k in rewind:
+            assert torch.equal(fresh[k], rewind[k]) == k.endswith("bias"), f"reinit r{r} {k}"
+
+
+def test_every_job_of_a_seed_sees_the_same_batches_in_the_same_order(folder, tmp_path, monkeypatch):
+    jobs = record_jobs(monkeypatch)
+    run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run", rounds=2, controls="reinit,random-mask")))
+    reference = jobs["ticket r0"]["batches"]
+    assert len(reference) == 40 and not torch.equal(reference[0], reference[1])
+    assert sorted(jobs) == sorted(["ticket r0"] + [f"{kind} r{r}" for r in (1, 2) for kind in ("ticket", "reinit", "random-mask")])
+    for desc, job in jobs.items():
+        assert len(job["batches"]) == len(reference), desc
+        assert all(torch.equal(a, b) for a, b in zip(job["batches"], reference)), f"{desc}: another data order"
