@@ -1,10 +1,10 @@
 """K copies of one network trained as one: the stacked model behind ``VisionDomain.train_many``.
 
 Independent lottery-ticket jobs (the trials of a round, a round's controls beside its ticket)
-have the same architecture, so their weights stack into [K, ...] tensors: a fully connected
-layer is one batched matmul (``baddbmm`` over [K, batch, in] x [K, in, out]), a convolution is
-one grouped convolution (job k's channels are the k-th group), ReLU and max-pooling act on the
-stacked activations as they are. Every job keeps its own weights, data, loss and gradients: no
+have the same architecture, so their weights stack into [K, ...] tensors and activations travel
+as [K, batch, ...]: a fully connected layer is one batched matmul (``baddbmm`` over
+[K, batch, in] x [K, in, out]), ReLU and max-pooling act on the stacked activations as they are,
+and a convolution runs once per job on its slice of the stacked weight. Every job keeps its own weights, data, loss and gradients: no
 operation mixes two jobs, so one job's values (a divergence, a NaN) never reach another's.
 
 Only plain ``nn.Sequential`` stacks of Flatten / Linear / Conv2d / ReLU / MaxPool2d without
@@ -29,11 +29,7 @@ def stackable(model: nn.Module) -> bool:
 
 
 class StackedNet:
-    """The weights of K models of one architecture as [K, ...] leaf tensors, and their forward pass.
-
-    Activations travel as [K, batch, ...] ("jobs first") or, inside convolutions, as
-    [batch, K * channels, height, width] ("grouped"); each layer converts what it receives.
-    """
+    """The weights of K models of one architecture as [K, ...] leaf tensors, and their forward pass."""
 
     def __init__(self, models: list[nn.Module]):
         if not models or not all(stackable(m) for m in models):
@@ -60,33 +56,16 @@ class StackedNet:
         value = self.params[name][job]
         return value.t() if name in self.transposed else value
 
-    # -- layout conversions ----------------------------------------------------------
-    def _jobs_first(self, h: torch.Tensor, grouped: bool) -> torch.Tensor:
-        if not grouped:
-            return h
-        batch = h.shape[0]
-        return h.view(batch, self.jobs, -1, *h.shape[2:]).transpose(0, 1)
-
-    def _grouped(self, h: torch.Tensor, grouped: bool) -> torch.Tensor:
-        if grouped:
-            return h
-        return h.transpose(0, 1).reshape(h.shape[1], -1, *h.shape[3:])
-
     # -- forward ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """Outputs [K, batch, classes]; ``x`` is [K, batch, ...] (each job its own batch) or, with
         ``shared``, [batch, ...] seen by every job (evaluation)."""
-        h, grouped = x, False
+        h = x
         for index, layer in enumerate(self.template):
             weight = self.params.get(f"{index}.weight")
             bias = self.params.get(f"{index}.bias")
             if isinstance(layer, nn.Flatten):
-                if shared:
-                    h = h.flatten(1)
-                else:
-                    h = self._jobs_first(h, grouped)
-                    h = h.reshape(h.shape[0], h.shape[1], -1)
-                    grouped = False
+                h = h.flatten(1) if shared else h.flatten(2)
             elif isinstance(layer, nn.Linear):
                 if shared:
                     # one GEMM for all jobs: [batch, in] x [in, K * out]
@@ -95,29 +74,22 @@ class StackedNet:
                         out += bias.reshape(-1)
                     h, shared = out.view(h.shape[0], self.jobs, -1).transpose(0, 1), False
                 else:
-                    h = self._jobs_first(h, grouped)
-                    grouped = False
                     h = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, weight)
             elif isinstance(layer, nn.Conv2d):
-                if shared:
-                    h, shared, grouped = h.repeat(1, self.jobs, 1, 1), False, True
-                h = self._grouped(h, grouped)
-                grouped = True
-                h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
-                             layer.stride, layer.padding, layer.dilation, layer.groups * self.jobs)
+                # one convolution per job: measured faster on CPU than one grouped convolution
+                # over all jobs (1.4 vs 1.9 s for 6 Conv-2 blocks, forward and backward)
+                h = torch.stack([F.conv2d(h if shared else h[k], weight[k], None if bias is None else bias[k],
+                                          layer.stride, layer.padding, layer.dilation, layer.groups)
+                                 for k in range(self.jobs)])
+                shared = False
             elif isinstance(layer, nn.ReLU):
                 h = F.relu(h)
             elif isinstance(layer, nn.MaxPool2d):
-                if shared:
-                    h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                     layer.ceil_mode)
-                    continue
-                h = self._grouped(h, grouped)
-                grouped = True
-                h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+                pool = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+                h = F.max_pool2d(h, *pool) if shared else F.max_pool2d(h.flatten(0, 1), *pool).unflatten(0, h.shape[:2])
         if shared:  # a network with no weights at all: every job the same
             h = h.unsqueeze(0).expand(self.jobs, *h.shape)
-        return self._jobs_first(h, grouped)
+        return h
 
     # -- one job's view --------------------------------------------------------------
     def job_state(self, job: int) -> dict[str, torch.Tensor]:
