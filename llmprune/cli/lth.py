@@ -8,7 +8,9 @@ survivors to their initial values (or, with --rewind step:K, to those after K it
 Controls at every level, with the same budget: reinit (the ticket's mask, fresh weights),
 random-mask (the same per-layer sparsity, the original initialisation), one-shot (pruned to that
 level at once). Validation and test are evaluated every --eval-every iterations; the early stop is
-the lowest validation loss.
+the lowest validation loss. Jobs that do not depend on each other (every trial's ticket of a round
+and its controls of that round) train together as one stacked model (--parallel-jobs; 1 trains one
+model at a time).
 
 Writes lth_report.json/.csv and the plots (test accuracy at the early stop and early-stop iteration
 against the weights remaining, learning curves) into --output, and the winning ticket (mask +

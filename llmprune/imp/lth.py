@@ -7,6 +7,8 @@ test every ``eval_every`` iterations; the early-stopping iteration is the one wi
 lowest validation loss, and test accuracy is reported there and at the end. The shared
 runner does rounds, controls, trials, resume and rewinding; ``lth_report`` writes the report,
 CSV and plots. The presets hold the paper's protocol; every value can be overridden.
+``train_many`` trains K such jobs at once as one stacked model (``stacked.py``): the same
+jobs, up to float rounding, for a fraction of the per-job cost.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .masks import Masks
 from .options import LTHConfig, parse_hidden, parse_rewind
 from .pruning import GlobalRule, LayerwiseRule
 from .runner import IMPRunner, RunDir
+from .stacked import StackedNet, stackable
 from .vision_data import Dataset, load_data
 from .vision_models import CONV_BLOCKS, build_model, glorot_gaussian_, prunable_weights
 
@@ -48,7 +51,8 @@ PRESETS: dict[str, dict] = {
 SHOW_WEIGHTS_UP_TO = 16  # a ticket this small has its trained weights in the report
 SUM_OF_TWO_CONTROLS = {"reinit": "reinit", "permuted": "permuted"}
 # settings that do not change any number, so a resumed run may differ in them
-NOT_COMPARED = ("output", "progress", "device", "overwrite")
+# (parallel_jobs changes only the float rounding of the batched matmuls; see the README)
+NOT_COMPARED = ("output", "progress", "device", "overwrite", "parallel_jobs")
 
 
 @dataclass
@@ -203,6 +207,116 @@ class VisionDomain:
         return result
 
 
+    def stacks(self, model: nn.Module) -> bool:
+        """Whether jobs of this network can train as one stacked model (``train_many``)."""
+        return stackable(model)
+
+    def train_many(self, models: list[nn.Module], masks: list[Masks | None], seeds: list[int], descs: list[str],
+                   snapshot_step: int = 0) -> list[dict]:
+        """Train K independent jobs as one stacked model; the same job as ``train`` for each.
+
+        Job k starts from ``models[k]``'s weights, trains under ``masks[k]`` (None: dense) on the
+        data order drawn from ``seeds[k]``, with its own Adam moments (one Adam over the [K, ...]
+        tensors: every Adam operation is elementwise and all jobs take the same steps, so it is K
+        Adams), and has its own curve and early stop. The trained weights are written back into
+        ``models``. With ``snapshot_step`` each result holds ``"snapshot"``: the job's weights
+        after that step (late rewinding).
+        """
+        jobs = len(models)
+        net = StackedNet(models)
+        names = list(prunable_weights(models[0]))
+        masked = [n for n in names if any(m is not None for m in masks)]
+        weights = [net.params[n] for n in masked]
+        # one float factor per job and layer (ones for a dense job): pruned weights back to zero
+        shapes = {n: p.shape for n, p in prunable_weights(models[0]).items()}
+        factors = [net.stack(n, [torch.ones(shapes[n]) if m is None else m[n].float() for m in masks])
+                   .to(device=self.device, dtype=net.params[n].dtype) for n in masked]
+        fused = self.device.type in ("cpu", "cuda")
+        optimiser = torch.optim.Adam(list(net.params.values()), lr=self.lr, fused=fused)
+        if weights:
+            with torch.no_grad():
+                torch._foreach_mul_(weights, factors)
+        x, y, count = self.data.train.x, self.data.train.y, len(self.data.train)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+        def new_orders() -> torch.Tensor:
+            return torch.stack([torch.randperm(count, generator=g) for g in generators]).to(self.device)
+
+        orders, position = new_orders(), 0
+        curves: list[dict[str, list]] = [{"iteration": []} for _ in range(jobs)]
+        snapshots: list[dict | None] = [None] * jobs
+        bar = tqdm(total=self.iterations, desc=f"{descs[0]} and {jobs - 1} more" if jobs > 1 else descs[0], leave=False,
+                   disable=not self.progress, mininterval=1.0)
+        for step in range(1, self.iterations + 1):
+            if position + self.batch_size > count:  # a new epoch in a new order, for every job alike
+                orders, position = new_orders(), 0
+            batch = orders[:, position:position + self.batch_size]
+            position += self.batch_size
+            output = net.forward(x[batch])
+            loss = self.stacked_loss(output, y[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if weights:
+                with torch.no_grad():
+                    torch._foreach_mul_(weights, factors)
+            if step == snapshot_step:
+                snapshots = [net.job_state(k) for k in range(jobs)]
+            if step % self.eval_every == 0 or step == self.iterations:
+                for job, scores in enumerate(self.evaluate_many(net)):
+                    curves[job]["iteration"].append(step)
+                    for key, value in scores.items():
+                        curves[job].setdefault(key, []).append(value)
+                bar.update(step - bar.n)
+        bar.close()
+        net.write_back(models)
+        results = []
+        for job, (model, job_masks) in enumerate(zip(models, masks)):
+            result = {"steps": self.iterations, **summarise_curve(curves[job], self.regression), "curve": curves[job]}
+            if job_masks is not None and sum(int(m.sum()) for m in job_masks.values()) <= SHOW_WEIGHTS_UP_TO:
+                result["surviving_weights"] = surviving_weights(prunable_weights(model), job_masks)
+            if snapshot_step:
+                result["snapshot"] = snapshots[job]
+            results.append(result)
+        return results
+
+    def stacked_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The sum over jobs of each job's mean loss: job k's gradient is that of its own loss."""
+        jobs, batch = output.shape[:2]
+        if self.regression:
+            return F.mse_loss(output, target, reduction="sum") / (batch * output[0, 0].numel())
+        return F.cross_entropy(output.reshape(jobs * batch, -1), target.reshape(-1), reduction="sum") / batch
+
+    @torch.no_grad()
+    def evaluate_many(self, net: StackedNet) -> list[dict[str, float]]:
+        """``evaluate`` for every job of a stacked model, each split read once for all of them."""
+        scores: list[dict[str, float]] = [{} for _ in range(net.jobs)]
+        # chunks shrink with K so a stacked convolution's activations stay as small as one job's
+        chunk = max(500, 10_000 // net.jobs)
+        for split_name, split in (("validation", self.data.validation), ("test", self.data.test)):
+            losses = torch.zeros(net.jobs, dtype=torch.float64, device=self.device)
+            correct = torch.zeros(net.jobs, dtype=torch.long, device=self.device)
+            for start in range(0, len(split), chunk):
+                output = net.forward(split.x[start:start + chunk], shared=True)
+                target = split.y[start:start + chunk]
+                if self.regression:
+                    per_job = F.mse_loss(output, target.expand(net.jobs, *target.shape), reduction="none")
+                    losses += per_job.flatten(1).sum(1).double()
+                else:
+                    per_job = F.cross_entropy(output.reshape(-1, output.shape[-1]), target.repeat(net.jobs),
+                                              reduction="none")
+                    losses += per_job.view(net.jobs, -1).sum(1).double()
+                    correct += (output.argmax(2) == target).sum(1)
+            for job in range(net.jobs):
+                mean_loss = float(losses[job]) / len(split)
+                scores[job][f"{split_name}_loss"] = mean_loss
+                if self.regression:
+                    scores[job][f"{split_name}_rmse"] = mean_loss ** 0.5
+                else:
+                    scores[job][f"{split_name}_accuracy"] = int(correct[job]) / len(split)
+        return scores
+
+
 def surviving_weights(params: dict, masks: Masks) -> dict[str, list]:
     """Layer -> [[index..., trained value]] of every weight the mask keeps."""
     return {name: [[*map(int, index), float(params[name].detach()[tuple(index)])] for index in mask.nonzero().tolist()]
@@ -268,7 +382,8 @@ def run_lth(config: LTHConfig, model_factory: Callable[[int], nn.Module] | None 
     runner = IMPRunner(domain, rule, [config.seed + i for i in range(config.trials)],
                        RunDir(config.output, compared, {}, config.overwrite), controls,
                        ticket_kind="ticket", rewind_step=parse_rewind(protocol.rewind),
-                       control_min_sparsity=rule.levels[-1] if toy else 0.0, progress=config.progress)
+                       control_min_sparsity=rule.levels[-1] if toy else 0.0, progress=config.progress,
+                       parallel_jobs=config.parallel_jobs)
     results = runner.run()
     report = build_report(results, rule, protocol, data, compared, regression=domain.regression)
     report["timing"]["this_invocation_seconds"] = round(runner.seconds, 1)

@@ -130,6 +130,9 @@ class LTHConfig(RecipeMixin):
     rewind: str | None = option(None, "init, or step:K: late rewinding to the weights after K iterations",
                                 shown="init; sum-of-two step:1")
     seed: int = option(0, "first seed")
+    parallel_jobs: int | None = option(None, "train up to this many independent jobs (trials, a round's controls "
+                                       "beside its ticket) as one stacked model; 1: one model at a time",
+                                       shown="as many as the schedule allows")
     device: str = option("auto", "auto, cpu or cuda")
     progress: bool = option(True, "no progress bars", flag="--no-progress")
     overwrite: bool = option(False, "delete an existing run in --output and start again")
@@ -140,7 +143,7 @@ class LTHConfig(RecipeMixin):
             parse_rewind(self.rewind)
         if self.rewind == "pretrained":
             raise LLMPruneError("lottery tickets from scratch rewind to init or step:K (pretrained is for BERT)")
-        for name in ("rounds", "iterations", "batch_size", "eval_every", "trials", "validation_size"):
+        for name in ("rounds", "iterations", "batch_size", "eval_every", "trials", "validation_size", "parallel_jobs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise LLMPruneError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")

@@ -13,6 +13,11 @@ initialisation) is the domain object; see ``bert.py`` and ``lth.py``.
 Every job writes into its own folder under the run folder, ``metrics.json`` last, so a killed
 run started again with the same command skips what is finished and redoes only the job that
 was cut off; every job seeds its own randomness, so redoing it gives the same numbers.
+
+A domain with ``train_many`` (``lth.py``) trains independent jobs as one stacked model: stage r
+holds every seed's ticket of round r and its controls of round r (they need only the mask the
+ticket of round r - 1 derived), cut into fixed chunks of ``parallel_jobs``; a chunk cut off by a
+kill trains again whole, so every job is redone in the same company.
 """
 from __future__ import annotations
 
@@ -111,7 +116,7 @@ class IMPRunner:
 
     def __init__(self, domain: Domain, rule, seeds: list[int], run_dir: RunDir, controls: dict[str, str],
                  ticket_kind: str = "ticket", rewind_step: int = 0, control_min_sparsity: float = 0.0,
-                 progress: bool = True):
+                 progress: bool = True, parallel_jobs: int | None = 1):
         unknown = sorted(set(controls.values()) - set(CONTROL_KINDS))
         if unknown:
             raise LLMPruneError(f"unknown control kind(s) {', '.join(unknown)}")
@@ -120,6 +125,8 @@ class IMPRunner:
         self.domain, self.rule, self.seeds, self.dir = domain, rule, list(seeds), run_dir
         self.controls, self.ticket_kind, self.rewind_step = dict(controls), ticket_kind, rewind_step
         self.control_min_sparsity, self.progress = control_min_sparsity, progress
+        # jobs trained as one stacked model (domains with ``train_many``): None as many as can, 1 none
+        self.parallel_jobs = parallel_jobs
         self.seconds = 0.0
 
     def level(self, round_index: int) -> float:
@@ -136,9 +143,77 @@ class IMPRunner:
         total = len(self.seeds) * len(self.job_names())
         results = []
         with tqdm(total=total, desc="IMP", disable=not self.progress) as outer:
+            if self.stacks():
+                return self.run_stacked(outer)
             for seed in self.seeds:
                 results.extend(self.run_seed(seed, outer))
         return results
+
+    def stacks(self) -> bool:
+        """Whether jobs train together: allowed, a domain that can, and a network that stacks."""
+        if self.parallel_jobs == 1 or not hasattr(self.domain, "train_many"):
+            return False
+        if not self.domain.stacks(self.domain.new_model(self.seeds[0])):
+            tqdm.write("this network does not stack (only plain Sequential Linear/Conv2d/ReLU/MaxPool2d nets do): "
+                       "training one job at a time")
+            return False
+        return True
+
+    # -- jobs trained together ---------------------------------------------------------
+    def stages(self) -> list[list[tuple[int, str, int]]]:
+        """Jobs grouped by when they can start: stage r holds every trial's ticket of round r and
+        its controls of round r, which need only the mask the ticket of round r - 1 derived
+        (and, for one-shot, round 0's magnitudes). Each stage is cut into chunks of at most
+        ``parallel_jobs``, the same chunks every time, so a resumed chunk trains as it did."""
+        jobs = self.job_names()
+        chunks = []
+        for r in range(self.rule.rounds + 1):
+            stage = [(seed, kind, rr) for seed in self.seeds for kind, rr in jobs if rr == r]
+            size = self.parallel_jobs or len(stage)
+            chunks += [stage[i:i + size] for i in range(0, len(stage), size)]
+        return chunks
+
+    def run_stacked(self, outer: tqdm) -> list[dict]:
+        found: dict[tuple[int, str, int], dict] = {}
+        initial: dict[int, dict] = {}
+        for chunk in self.stages():
+            done = [read_done(self.dir.job(*job)) for job in chunk]
+            if all(done):
+                found.update(zip(chunk, done))
+                outer.update(len(chunk))
+                continue
+            # a chunk cut off part way trains again whole, so every job sees the same company
+            models, masks, all_params = [], [], []
+            for seed, kind, r in chunk:
+                model = self.domain.new_model(seed)
+                if seed not in initial:
+                    initial[seed] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                params = self.domain.prunable(model)
+                start = initial[seed] if r == 0 else self.rewind_state(seed, initial[seed])
+                masks.append(self._prepare(seed, kind, r, model, params, start))
+                models.append(model)
+                all_params.append(params)
+            r = chunk[0][2]
+            outer.set_description(f"round {r} ({1 - self.level(r):.1%} left): {len(chunk)} jobs together")
+            began, began_cpu = time.perf_counter(), time.process_time()
+            trained = self.domain.train_many(models, [None if r == 0 else m for m in masks],
+                                             [seed for seed, _, _ in chunk], [f"{k} r{r}" for _, k, r in chunk],
+                                             snapshot_step=self.rewind_step if r == 0 else 0)
+            seconds = (time.perf_counter() - began) / len(chunk)
+            cpu_seconds = (time.process_time() - began_cpu) / len(chunk)
+            self.seconds += seconds * len(chunk)
+            for job, result, model, params, job_masks, out in zip(chunk, done, models, all_params, masks, trained):
+                seed, kind, r = job
+                snapshot = out.pop("snapshot", None)
+                if result is None:
+                    if self._captures(kind, r):
+                        self._save_rewind(seed, model, snapshot)
+                    result = self._finish(seed, kind, r, params, job_masks, out, seconds, cpu_seconds, len(chunk))
+                    tqdm.write(f"seed {seed} {kind:<13} round {r} remaining {result['remaining']:.1%} "
+                               f"({result['seconds']:.0f} s per job, {len(chunk)} together)")
+                found[job] = result
+                outer.update(1)
+        return [found[(seed, kind, r)] for seed in self.seeds for kind, r in self.job_names()]
 
     # -- one seed ---------------------------------------------------------------------
     def run_seed(self, seed: int, outer: tqdm) -> list[dict]:
@@ -172,13 +247,8 @@ class IMPRunner:
         return torch.load(path, weights_only=True)
 
     def _job(self, seed: int, kind: str, r: int, model, params: dict, start: dict) -> dict:
-        folder = self.dir.job(seed, kind, r)
-        folder.mkdir(parents=True, exist_ok=True)
-        masks = self.masks_for(seed, kind, r, params)
-        model.load_state_dict(start)
-        if kind != self.ticket_kind and CONTROL_KINDS[self.controls[kind]][1] == "fresh":
-            self.domain.reinitialise(model, params, seed * 1000 + r)
-        capture = self._capture_rewind(seed, model) if kind == self.ticket_kind and r == 0 and self.rewind_step else None
+        masks = self._prepare(seed, kind, r, model, params, start)
+        capture = self._capture_rewind(seed, model) if self._captures(kind, r) else None
         began, began_cpu = time.perf_counter(), time.process_time()
         # the same data order and dropout in every round of a seed, as in the paper
         trained = self.domain.train(model, None if r == 0 else masks, seed, capture, f"{kind} r{r}")
@@ -187,6 +257,24 @@ class IMPRunner:
         # shared machine inflates far less than wall time
         cpu_seconds = time.process_time() - began_cpu
         self.seconds += seconds
+        return self._finish(seed, kind, r, params, masks, trained, seconds, cpu_seconds)
+
+    def _captures(self, kind: str, r: int) -> bool:
+        return kind == self.ticket_kind and r == 0 and self.rewind_step > 0
+
+    def _prepare(self, seed: int, kind: str, r: int, model, params: dict, start: dict) -> Masks:
+        """The job's mask, and its starting weights loaded into ``model``."""
+        masks = self.masks_for(seed, kind, r, params)
+        model.load_state_dict(start)
+        if kind != self.ticket_kind and CONTROL_KINDS[self.controls[kind]][1] == "fresh":
+            self.domain.reinitialise(model, params, seed * 1000 + r)
+        return masks
+
+    def _finish(self, seed: int, kind: str, r: int, params: dict, masks: Masks, trained: dict, seconds: float,
+                cpu_seconds: float, jobs_together: int = 1) -> dict:
+        """Saves the job's mask (and, for a ticket, the next round's), then its metrics, last."""
+        folder = self.dir.job(seed, kind, r)
+        folder.mkdir(parents=True, exist_ok=True)
         save_masks(masks, folder / "mask.pt")
         if kind == self.ticket_kind:
             self._next_masks(seed, r, params, masks)
@@ -194,6 +282,8 @@ class IMPRunner:
                   "remaining": kept(masks) / sum(m.numel() for m in masks.values()),
                   "measured_sparsity": measured_sparsity(params), **trained,
                   "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
+        if jobs_together > 1:
+            result["jobs_trained_together"] = jobs_together  # seconds: this job's share of the stacked run
         write_json(folder / "metrics.json", result)
         return result
 
@@ -220,7 +310,6 @@ class IMPRunner:
                 save_masks(self.rule.masks(params, index), folder / f"one-shot-r{index}.pt")
 
     def _capture_rewind(self, seed: int, model):
-        path = self.dir.rewind_file(seed)
         reset = self.domain.reset_at_rewind(model)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items() if k in reset}
 
@@ -229,11 +318,22 @@ class IMPRunner:
                 # late rewinding: the weights after K steps (a BERT head back at its initial values)
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 state.update(initial)
-                tmp = path.with_suffix(".tmp")
-                torch.save(state, tmp)
-                tmp.replace(path)
+                self._write_rewind(seed, state)
 
         return on_step
+
+    def _save_rewind(self, seed: int, model, snapshot: dict) -> None:
+        """The rewind point of a job trained with others: its weights after K steps (``snapshot``)."""
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state.update({k: v.cpu() for k, v in snapshot.items()})
+        self._write_rewind(seed, state)
+
+    def _write_rewind(self, seed: int, state: dict) -> None:
+        path = self.dir.rewind_file(seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
 
     def ticket_masks(self, seed: int, round_index: int) -> Masks:
         return load_masks(self.dir.job(seed, self.ticket_kind, round_index) / "mask.pt")
