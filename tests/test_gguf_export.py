@@ -304,3 +304,29 @@ def test_prune_and_decompress_save_gguf(tmp_path, bpe_tokenizer):
     assert stored.keys() == again.keys()
     for name in stored:
         np.testing.assert_array_equal(stored[name], again[name])
+
+
+def test_shrink_saves_gguf_and_refuses_unmapped_family_before_work(tmp_path, bpe_tokenizer, calibration_text, capsys):
+    """`llmprune shrink --save-format gguf`: the folder holds the file and the report (with the file's sizes);
+    a family llama.cpp cannot take is refused in one line before any shrinking, and nothing is written."""
+    from tests.conftest import tiny_model
+
+    folder = save(tiny("llama"), bpe_tokenizer, tmp_path / "dense")
+    out = tmp_path / "shrunk"
+    common = ["--ratio", "0.25", "--units", "mlp", "--score", "magnitude", "--nsamples", "2", "--seqlen", "16",
+              "--calibration", str(calibration_text), "--save-format", "gguf", "--gguf-type", "q8_0", "--no-progress"]
+    assert main(["shrink", "--model", str(folder), *common, "--output", str(out)]) == 0
+    report = json.loads((out / "llmprune_report.json").read_text())
+    meta = fields(out / "shrunk-Q8_0.gguf")
+    assert meta["llama.feed_forward_length"] == report["config_changes"]["intermediate_size"][1] < 128
+    assert report["file_bytes"]["after"] == (out / "shrunk-Q8_0.gguf").stat().st_size
+
+    opt = tmp_path / "opt"
+    tiny_model("opt").save_pretrained(opt)
+    bpe_tokenizer.save_pretrained(opt)
+    capsys.readouterr()
+    assert main(["shrink", "--model", str(opt), *common, "--output", str(tmp_path / "opt-out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["llmprune: error: no GGUF export for model type 'opt' (supported: gemma2, gemma3_text, llama, "
+                   "mistral, qwen2, qwen3)"]
+    assert not (tmp_path / "opt-out").exists()

@@ -15,6 +15,7 @@ from ..options import GGUF_TYPES
 HELP = "write a folder llmprune wrote as one GGUF file (llama.cpp)"
 EPILOG = """examples:
   llmprune convert out/llama-shrink-25 out/llama-shrink-25-f16.gguf
+  llmprune convert llama out/smollm2-135m-f16.gguf                      # the bundled model, dense
   llmprune convert out/llama-shrink-25 out/llama-shrink-25-q8_0.gguf --gguf-type q8_0
   llmprune convert out/sparse-24 out/sparse-24-q4_k_m.gguf --gguf-type q4_k_m   # needs llama-cpp-python
 
@@ -24,7 +25,7 @@ quantizer (llama-cpp-python; ./scripts/setup.sh --llamacpp installs it) from an 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="a model folder llmprune wrote (dense or sparse)")
+    parser.add_argument("folder", help="a model folder llmprune wrote (dense or sparse), or a bundled model's alias (llama)")
     parser.add_argument("output", help="the GGUF file to write (ends in .gguf)")
     parser.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES, help="how weight matrices are stored (default: f16)")
     parser.add_argument("--source-gguf", default=None, metavar="FILE",

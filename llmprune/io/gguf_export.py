@@ -241,18 +241,18 @@ def check_gguf_output(output: str | Path, overwrite: bool = False) -> Path:
 
 def export_gguf(folder: str | Path, output: str | Path, gguf_type: str = "f16", overwrite: bool = False,
                 source: str | Path | None = None) -> dict:
-    """A folder llmprune wrote (dense or sparse) as one GGUF file; returns what was written.
+    """A folder llmprune wrote (dense or sparse), or a bundled model's alias, as one GGUF file; returns what was written.
 
     ``source``: the GGUF file whose tokenizer and description to keep (default: the one the folder's report
     names). The file is written to a temporary sibling and renamed: a failure leaves nothing behind.
     """
-    from .loading import read_config
+    from .loading import ALIASES, read_config, resolve_model_path
 
-    folder = Path(folder).expanduser()
-    read_config(folder)  # one line for a folder that is not a model
     kind = gguf_type if isinstance(gguf_type, GGUFType) else parse_gguf_type(gguf_type)
     target = check_gguf_output(output, overwrite)
     source_path = Path(source).expanduser() if source else source_gguf_of(str(folder))
+    folder = Path(resolve_model_path(str(folder)) if str(folder).lower() in ALIASES else folder).expanduser()
+    read_config(folder)  # one line for a folder that is not a model
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
