@@ -45,7 +45,7 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return models
 
 
-def gguf_files(models: dict[str, str], types: list[str], workdir: Path) -> list[dict]:
+def gguf_files(models: dict[str, str], types: list[str], workdir: Path, source: str | None = None) -> list[dict]:
     """One GGUF file per (model, type), written once into ``workdir`` and reused by later runs."""
     entries = []
     for label, spec in models.items():
@@ -55,7 +55,7 @@ def gguf_files(models: dict[str, str], types: list[str], workdir: Path) -> list[
             seconds = None
             if not path.is_file():
                 started = time.perf_counter()
-                export_gguf(spec, path, name)
+                export_gguf(spec, path, name, source=source)
                 seconds = time.perf_counter() - started
             entries.append({"label": label, "model": spec, "type": kind.name, "path": str(path),
                             "bytes": path.stat().st_size, "export_seconds": seconds})
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppl-windows", type=int, default=64, help="0: no perplexity")
     parser.add_argument("--ppl-types", default="f16,q8_0,q4_k_m", help="GGUF types whose perplexity is measured")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers reference perplexity")
+    parser.add_argument("--source-gguf", default=None, help="the GGUF file whose tokenizer and description every "
+                        "export keeps (default: the one each folder's report names)")
     parser.add_argument("--workdir", default="out/llamacpp", help="where the GGUF files are written (and reused)")
     parser.add_argument("--output", default=str(RESULTS / "llamacpp"))
     args = parser.parse_args(argv)
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    entries = gguf_files(models, types, workdir)
+    entries = gguf_files(models, types, workdir, args.source_gguf)
     first = next(iter(models.values()))
     windows = test_windows(first, args.seqlen, max(args.ppl_windows, 1))
     text = windows.reshape(-1)

@@ -330,3 +330,49 @@ def test_shrink_saves_gguf_and_refuses_unmapped_family_before_work(tmp_path, bpe
     assert err == ["llmprune: error: no GGUF export for model type 'opt' (supported: gemma2, gemma3_text, llama, "
                    "mistral, qwen2, qwen3)"]
     assert not (tmp_path / "opt-out").exists()
+
+
+def test_k_quants_go_through_llama_cpp_quantizer(tmp_path, bpe_tokenizer, monkeypatch):
+    """The K-quant path hands an f16 file and the file type to llama.cpp's quantizer (a stand-in module
+    here: CI has no llama.cpp build) and renames its output into place; a failing quantizer leaves nothing."""
+    import shutil
+    import types
+
+    calls = []
+
+    def quantize(source: bytes, target: bytes, params) -> int:
+        calls.append((fields(source.decode())["general.file_type"], params.ftype))
+        if params.ftype == int(gguf.LlamaFileType.MOSTLY_Q6_K):
+            return 1  # llama.cpp's failure status
+        shutil.copyfile(source.decode(), target.decode())
+        return 0
+
+    stand_in = types.SimpleNamespace(llama_model_quantize=quantize,
+                                     llama_model_quantize_default_params=lambda: types.SimpleNamespace(ftype=0, nthread=0))
+    monkeypatch.setitem(sys.modules, "llama_cpp", stand_in)
+    folder = save(tiny("qwen2"), bpe_tokenizer, tmp_path / "m")
+    written = export_gguf(folder, tmp_path / "m.gguf", "q4_k_m")
+    assert calls == [(int(gguf.LlamaFileType.MOSTLY_F16), int(gguf.LlamaFileType.MOSTLY_Q4_K_M))]
+    assert written["gguf_type"] == "Q4_K_M" and (tmp_path / "m.gguf").is_file()
+    with pytest.raises(LLMPruneError, match="could not quantize to Q6_K"):
+        export_gguf(folder, tmp_path / "q6.gguf", "q6_k")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.gguf"]
+
+
+def test_rope_scaling_linear_written_other_kinds_refused():
+    from llmprune.io.gguf_families import family_for, hyperparameters
+
+    gemma = transformers.Gemma3TextConfig(**BASE, query_pre_attn_scalar=16, rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    keys = hyperparameters(gemma, family_for(gemma))
+    assert keys["gemma3.rope.scaling.type"][0] == "linear" and keys["gemma3.rope.scaling.factor"][0] == 8.0
+    assert keys["gemma3.rope.freq_base"][0] == 1e6 and keys["gemma3.rope.freq_base_swa"][0] == 1e4
+    llama3 = transformers.LlamaConfig(**{**BASE, "max_position_embeddings": 16384}, rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})
+    with pytest.raises(LLMPruneError, match=r"rope scaling \(llama3\) has no GGUF export"):
+        hyperparameters(llama3, family_for(llama3))
+    odd = transformers.Gemma2Config(**BASE, query_pre_attn_scalar=64)
+    with pytest.raises(LLMPruneError, match="query_pre_attn_scalar"):
+        hyperparameters(odd, family_for(odd))

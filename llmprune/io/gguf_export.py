@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import LLMPruneError
-from .gguf_families import GGUFFamily, Metadata, family_for, head_dim, hyperparameters
+from .gguf_families import GGUFFamily, Metadata, family_for, hyperparameters
 from .gguf_vocab import hf_tokenizer_metadata, source_metadata
 
 REPORT_NAME = "llmprune_report.json"  # the writer's name for it; repeated here so io.writer can import this module
@@ -40,7 +40,7 @@ class GGUFType:
 
     name: str
     file_type: gguf.LlamaFileType
-    matrix: gguf.GGMLQuantizationType  # what the gguf package writes for 2-D weights (the K-quants start from F16)
+    matrix: gguf.GGMLQuantizationType  # what the gguf package writes for 2-D weights
     llama_cpp: bool = False  # quantised by llama.cpp's own quantizer
 
 
@@ -49,8 +49,9 @@ GGUF_TYPES: dict[str, GGUFType] = {
     "f16": GGUFType("F16", gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
     "bf16": GGUFType("BF16", gguf.LlamaFileType.MOSTLY_BF16, gguf.GGMLQuantizationType.BF16),
     "q8_0": GGUFType("Q8_0", gguf.LlamaFileType.MOSTLY_Q8_0, gguf.GGMLQuantizationType.Q8_0),
-    "q6_k": GGUFType("Q6_K", gguf.LlamaFileType.MOSTLY_Q6_K, gguf.GGMLQuantizationType.F16, llama_cpp=True),
-    "q4_k_m": GGUFType("Q4_K_M", gguf.LlamaFileType.MOSTLY_Q4_K_M, gguf.GGMLQuantizationType.F16, llama_cpp=True),
+    # llama.cpp's quantizer makes these from an F16 file (its own mix: e.g. Q4_K_M keeps some tensors in Q6_K)
+    "q6_k": GGUFType("Q6_K", gguf.LlamaFileType.MOSTLY_Q6_K, gguf.GGMLQuantizationType.Q6_K, llama_cpp=True),
+    "q4_k_m": GGUFType("Q4_K_M", gguf.LlamaFileType.MOSTLY_Q4_K_M, gguf.GGMLQuantizationType.Q4_K, llama_cpp=True),
 }
 
 
@@ -187,8 +188,6 @@ def write_gguf(folder: Path, path: Path, kind: GGUFType, source: Path | None) ->
 
     config = AutoConfig.from_pretrained(folder)
     family = family_for(config)
-    if kind.matrix != gguf.GGMLQuantizationType.F32:
-        head_dim(config)  # fail early on configs without the attention sizes
     fields, special, origin = metadata(folder, config, family, kind, source)
     convert = TensorConverter(config, family)
     writer = gguf.GGUFWriter(path, family.name, use_temp_file=True)
@@ -257,7 +256,7 @@ def export_gguf(folder: str | Path, output: str | Path, gguf_type: str = "f16", 
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         written = scratch / ("f16.gguf" if kind.llama_cpp else target.name)
-        info = write_gguf(folder, written, kind, source_path)
+        info = write_gguf(folder, written, GGUF_TYPES["f16"] if kind.llama_cpp else kind, source_path)
         if kind.llama_cpp:
             quantized = scratch / target.name
             quantize_with_llama_cpp(written, quantized, kind)

@@ -115,13 +115,25 @@ def head_dim(config) -> int:
     return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
+def rope_scaling_keys(config, arch: str) -> Metadata:
+    """Linear rope scaling as llama.cpp reads it (applied to every layer; on Gemma 3 to its full-attention
+    layers only, which is where transformers puts it). Other kinds are refused."""
+    scaled = rope_scaling(config)
+    if not scaled:
+        return {}
+    kinds = {p.get("rope_type", p.get("type")) for _, p in scaled}
+    layer_kinds = {kind for kind, _ in scaled}
+    only_full = layer_kinds <= {None} or (arch == "gemma3" and layer_kinds == {"full_attention"})
+    if kinds != {"linear"} or not only_full or len(scaled) != 1:
+        raise LLMPruneError(f"rope scaling ({', '.join(sorted(map(str, kinds)))}) has no GGUF export in llmprune yet "
+                            "(linear scaling has)")
+    return {gguf.Keys.Rope.SCALING_TYPE.format(arch=arch): ("linear", T.STRING),
+            gguf.Keys.Rope.SCALING_FACTOR.format(arch=arch): (float(scaled[0][1]["factor"]), T.FLOAT32)}
+
+
 def hyperparameters(config, family: GGUFFamily) -> Metadata:
     """The architecture keys llama.cpp reads, from the (possibly shrunk) config."""
     arch = family.name
-    scaled = rope_scaling(config)
-    if scaled:
-        kinds = ", ".join(f"{p.get('rope_type', p.get('type'))}" for _, p in scaled)
-        raise LLMPruneError(f"rope scaling ({kinds}) has no GGUF export in llmprune yet")
     size = head_dim(config)
     fields: Metadata = {
         gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch): (int(config.max_position_embeddings), T.UINT32),
@@ -142,6 +154,7 @@ def hyperparameters(config, family: GGUFFamily) -> Metadata:
         # Shrink removes whole heads: the head size no longer equals hidden / heads, which is llama.cpp's default.
         fields[gguf.Keys.Attention.KEY_LENGTH.format(arch=arch)] = (size, T.UINT32)
         fields[gguf.Keys.Attention.VALUE_LENGTH.format(arch=arch)] = (size, T.UINT32)
+    fields.update(rope_scaling_keys(config, arch))
     if family.extra is not None:
         fields.update(family.extra(config, arch))
     return fields
