@@ -95,7 +95,8 @@ def measure_speed(entries: list[dict], prompt: list[int], follow: list[int], thr
         decode = [d for _, d in runs[entry["path"]]]
         entry.update(prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),
                      prefill_runs=prefill, decode_runs=decode)
-    del models
+    for llm in models.values():
+        llm.close()
 
 
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -116,6 +117,7 @@ def llama_cpp_ppl(path: str, windows: np.ndarray, threads: int) -> dict:
         logits = np.asarray(llm.scores[: len(window) - 1])
         total += log_softmax_nll(logits, window[1:])
         count += len(window) - 1
+    llm.close()
     return {"ppl": float(np.exp(total / count)), "predicted": count, "seconds": time.perf_counter() - started}
 
 

@@ -15,9 +15,11 @@ come from the GGUF file the model was first loaded from when the folder's report
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +216,24 @@ def write_gguf(folder: Path, path: Path, kind: GGUFType, source: Path | None) ->
     return {"architecture": family.name, "tokenizer_from": origin, "tensor_types": counts}
 
 
+@contextlib.contextmanager
+def _quiet_native_output():
+    """Silence what native code writes to the process's stdout and stderr (file descriptors 1 and 2)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def quantize_with_llama_cpp(source: Path, target: Path, kind: GGUFType, threads: int = 0) -> None:
     """llama.cpp's quantizer (the K-quant mixes) on an f16 GGUF file."""
     import llama_cpp
@@ -221,7 +241,8 @@ def quantize_with_llama_cpp(source: Path, target: Path, kind: GGUFType, threads:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(kind.file_type)
     params.nthread = threads
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    with _quiet_native_output():  # llama.cpp prints a line per tensor from C
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
     if status != 0 or not target.is_file():
         raise LLMPruneError(f"llama.cpp could not quantize to {kind.name} (status {status})")
 
