@@ -99,12 +99,12 @@ def measure_speed(entries: list[dict], prompt: list[int], follow: list[int], thr
         llm.close()
 
 
-def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Sum of -log p(target) over positions, in float64."""
-    logits = logits.astype(np.float64)
-    peak = logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
-    return float((log_norm - logits[np.arange(len(targets)), targets]).sum())
+def window_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Sum of -log p(target) over positions (the same float32 log-softmax as llmprune's perplexity)."""
+    import torch
+
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1)
+    return -float(log_probs[torch.arange(len(targets)), torch.from_numpy(targets)].double().sum())
 
 
 def llama_cpp_ppl(path: str, windows: np.ndarray, threads: int) -> dict:
@@ -115,7 +115,7 @@ def llama_cpp_ppl(path: str, windows: np.ndarray, threads: int) -> dict:
         llm.reset()
         llm.eval(window.tolist())
         logits = np.asarray(llm.scores[: len(window) - 1])
-        total += log_softmax_nll(logits, window[1:])
+        total += window_nll(logits, window[1:].astype(np.int64))
         count += len(window) - 1
     llm.close()
     return {"ppl": float(np.exp(total / count)), "predicted": count, "seconds": time.perf_counter() - started}
@@ -127,7 +127,7 @@ def transformers_ppl(spec: str, seqlen: int, windows: int) -> dict:
     from llmprune.evaluate.perplexity import perplexity
     from llmprune.io.loading import load_causal_lm
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     model, tokenizer, _ = load_causal_lm(spec, dtype="float32", device="cpu")
     result = perplexity(model, tokenizer, source="wikipedia", split="test", seqlen=seqlen, max_windows=windows, progress=False)
     return {"ppl": result.ppl, "predicted": result.predicted, "seconds": result.seconds}
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--ppl-windows", type=int, default=64, help="0: no perplexity")
+    parser.add_argument("--ppl-threads", type=int, default=2, help="threads for the perplexity passes (not timed)")
     parser.add_argument("--ppl-types", default="f16,q8_0,q4_k_m", help="GGUF types whose perplexity is measured")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers reference perplexity")
     parser.add_argument("--source-gguf", default=None, help="the GGUF file whose tokenizer and description every "
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ppl_windows:
         for entry in entries:
             if entry["type"] in ppl_types:
-                entry["ppl"] = llama_cpp_ppl(entry["path"], windows[: args.ppl_windows], args.threads)
+                entry["ppl"] = llama_cpp_ppl(entry["path"], windows[: args.ppl_windows], args.ppl_threads)
                 print(f"{entry['label']} {entry['type']}: ppl {entry['ppl']['ppl']:.3f}", flush=True)
     reference = {}
     if args.ppl_windows and not args.no_transformers and "F16" in ppl_types:

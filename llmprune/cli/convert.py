@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.gguf_export import export_gguf
 
     written = export_gguf(args.folder, args.output, args.gguf_type, overwrite=args.overwrite, source=args.source_gguf)
-    types = ", ".join(f"{count} {kind}" if isinstance(count, int) else str(count) for kind, count in written["tensor_types"].items())
+    types = ", ".join(f"{count} {kind}" for kind, count in written["tensor_types"].items())
     print(f"wrote {written['path']} ({written['architecture']}, {written['gguf_type']}, {written['bytes'] / 2**20:.1f} MiB; "
           f"tensors: {types}; tokenizer from {written['tokenizer_from']})")
     return 0

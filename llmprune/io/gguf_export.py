@@ -247,6 +247,14 @@ def quantize_with_llama_cpp(source: Path, target: Path, kind: GGUFType, threads:
         raise LLMPruneError(f"llama.cpp could not quantize to {kind.name} (status {status})")
 
 
+def stored_types(path: Path) -> dict[str, int]:
+    """How many tensors of each storage type a GGUF file holds."""
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return counts
+
+
 def check_gguf_output(output: str | Path, overwrite: bool = False) -> Path:
     """The output file must end in .gguf and not exist unless ``overwrite``: checked before any work."""
     target = Path(output).expanduser()
@@ -283,7 +291,7 @@ def export_gguf(folder: str | Path, output: str | Path, gguf_type: str = "f16", 
             quantize_with_llama_cpp(written, quantized, kind)
             written.unlink()
             written = quantized
-            info["tensor_types"] = {"llama.cpp": kind.name}
+            info["tensor_types"] = stored_types(written)  # llama.cpp's mix, with its fallbacks for short rows
         os.chmod(written, 0o644)
         os.replace(written, target)
     except OSError as exc:
