@@ -183,9 +183,10 @@ class ShrinkRunOptions(ShrinkOptions):
     dtype: str | None = _run_option("dtype")
     output: str | None = _run_option("output", help="folder for the shrunk model and llmprune_report.json")
     overwrite: bool = _run_option("overwrite")
-    # A shrunk model is dense: safetensors, or one llama.cpp file.
-    save_format: str = _run_option("save_format", choices=("dense", "gguf"), help=(
-        "dense safetensors (loads anywhere) or gguf (one llama.cpp file in the output folder, see --gguf-type)"))
+    # A shrunk model is dense: safetensors, or one llama.cpp file (sparse is refused by validate).
+    save_format: str = _run_option("save_format", help=(
+        "dense safetensors (loads anywhere) or gguf (one llama.cpp file in the output folder, see --gguf-type); "
+        "a shrunk model has nothing sparse to store"))
     gguf_type: str = _run_option("gguf_type")
     report: str | None = _run_option("report")
     eval_ppl: bool = _run_option("eval_ppl")
