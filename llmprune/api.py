@@ -193,6 +193,10 @@ def _auto_stream(options: RunOptions) -> bool:
 
 def _run_in_memory(options: RunOptions) -> dict:
     model, tokenizer = load_model(options.model, dtype=options.dtype, device=options.device)
+    if options.output and options.save_format == "gguf":
+        from .io.gguf_export import check_exportable
+
+        check_exportable(model.config)  # a family llama.cpp cannot take is refused before the work
     if options.output:
         check_free_space(Path(options.output).expanduser().absolute().parent, model_bytes(model))
     evaluation = {}
@@ -216,5 +220,7 @@ def _run_in_memory(options: RunOptions) -> dict:
         report["eval"] = evaluation
     if options.output:
         extra = {"save_format": options.save_format} if options.save_format != "dense" else {}
+        if options.save_format == "gguf":
+            extra["gguf_type"] = options.gguf_type
         report["output"] = str(save_pretrained(model, tokenizer, options.output, report, overwrite=options.overwrite, **extra))
     return report

@@ -20,7 +20,8 @@ from .methods import METHODS, SparsityTarget, get_method
 from .reconstruct import PARTS as RECONSTRUCT_PARTS, TARGETS as RECONSTRUCT_TARGETS, BlockReconstruction, check_reconstruct_options
 
 DEFAULT_SPARSITY = 0.5
-SAVE_FORMATS = ("dense", "sparse")
+SAVE_FORMATS = ("dense", "sparse", "gguf")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q4_k_m")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 ALLOCATIONS = ("uniform", "owl", "ramp", "auto")
 
@@ -145,7 +146,8 @@ class RunOptions(PruneOptions):
     stream: bool = option(False, "stream the model from its safetensors one block at a time (automatic when it does not fit in memory)", "hardware")
     output: str | None = option(None, "folder for the pruned model and llmprune_report.json", "output and evaluation")
     overwrite: bool = option(False, "replace an existing output folder", "output and evaluation")
-    save_format: str = option("dense", "dense safetensors (loads anywhere) or compressed sparse (llmprune's loader reads it back)", "output and evaluation", choices=SAVE_FORMATS)
+    save_format: str = option("dense", "dense safetensors (loads anywhere), compressed sparse (llmprune's loader reads it back) or gguf (one llama.cpp file in the output folder, see --gguf-type)", "output and evaluation", choices=SAVE_FORMATS)
+    gguf_type: str = option("f16", "--save-format gguf: how weight matrices are stored (q6_k and q4_k_m by llama.cpp's quantizer: needs llama-cpp-python)", "output and evaluation", choices=GGUF_TYPES)
     push_to_hub: str | None = option(None, "upload the output folder to the Hugging Face Hub afterwards", "output and evaluation", metavar="REPO_ID")
     report: str | None = option(None, "also write the report JSON here (the only output when --output is not given)", "output and evaluation")
     eval_ppl: bool = option(False, "perplexity on the bundled Wikipedia test split before and after", "output and evaluation")
@@ -166,7 +168,11 @@ class RunOptions(PruneOptions):
     def validate(self) -> None:
         super().validate()
         if self.save_format not in SAVE_FORMATS:
-            raise LLMPruneError(f"unknown save format '{self.save_format}' (use dense or sparse)")
+            raise LLMPruneError(f"unknown save format '{self.save_format}' (use {', '.join(SAVE_FORMATS)})")
+        if self.save_format == "gguf":
+            from .io.gguf_export import parse_gguf_type
+
+            parse_gguf_type(self.gguf_type)
         if self.push_to_hub and not self.output:
             raise LLMPruneError("--push-to-hub needs --output (the folder that is uploaded)")
         if self.stream:

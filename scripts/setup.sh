@@ -3,7 +3,16 @@
 # torch is installed first and pinned: an unpinned torch (asked for by any dependency)
 # pulls a multi-GB CUDA build on machines that only need the CPU one.
 # Override with TORCH_SPEC="torch==X" and/or TORCH_INDEX_URL=... on other machines.
+# --llamacpp (opt-in) also builds llama-cpp-python from its source distribution (cmake and a C++ compiler;
+# about an hour on 2 busy cores), for `--gguf-type q4_k_m|q6_k` and eval/bench_llamacpp.py.
 set -euo pipefail
+LLAMACPP=0
+for arg in "$@"; do
+  case "$arg" in
+    --llamacpp) LLAMACPP=1 ;;
+    *) echo "usage: $0 [--llamacpp]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -33,5 +42,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "note: Fashion-MNIST is not installed; as root run 'apt-get update && apt-get install -y dataset-fashion-mnist'," \
          "or point LLMPRUNE_FASHION_MNIST (or --data) at a folder with its four IDX files" >&2
   fi
+fi
+if [ "$LLAMACPP" = 1 ]; then
+  # Its runtime needs first, then llama.cpp itself compiled for this CPU (no other build is served on PyPI).
+  $PIP install -q "typing-extensions>=4.5" "numpy>=1.20" "diskcache>=5.6.1" "jinja2>=2.11.3"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" $PIP install -q --no-binary llama-cpp-python --no-deps "llama-cpp-python==0.3.36"
+  echo "llama-cpp-python $(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)') is installed"
 fi
 echo "llmprune is set up in .venv/ ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate",
     "inspect": "inspect",
     "decompress": "decompress",
+    "convert": "convert",
     "push": "push",
     "shrink": "shrink",
     "imp": "imp",

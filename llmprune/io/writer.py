@@ -16,7 +16,14 @@ def model_bytes(model) -> int:
 
 
 def write_report(folder: Path, report: dict) -> Path:
-    """``llmprune_report.json`` inside ``folder``."""
+    """``llmprune_report.json`` inside ``folder``; it records the GGUF file the model came from, if any, so a
+    later GGUF export keeps that file's tokenizer and description."""
+    if report.get("model") and "source_gguf" not in report:
+        from .gguf_export import source_gguf_of
+
+        source = source_gguf_of(str(report["model"]))
+        if source is not None:
+            report["source_gguf"] = str(source)
     return write_report_file(Path(folder) / REPORT_NAME, report)
 
 
@@ -25,7 +32,7 @@ def write_report_file(path: str | Path, report: dict) -> Path:
     return write_file_atomically(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
 
 
-SAVE_FORMATS = ("dense", "sparse")
+SAVE_FORMATS = ("dense", "sparse", "gguf")
 
 
 def save_pruned_model(
@@ -35,18 +42,33 @@ def save_pruned_model(
     report: dict | None = None,
     overwrite: bool = False,
     save_format: str = "dense",
+    gguf_type: str = "f16",
 ) -> Path:
     """A standard model folder (safetensors, config, tokenizer) plus ``llmprune_report.json``.
 
     ``save_format="sparse"`` stores the pruned layers in the compressed-tensors bitmask
-    layouts (see ``llmprune.io.sparse``); ``"dense"`` loads anywhere.
+    layouts (see ``llmprune.io.sparse``); ``"dense"`` loads anywhere; ``"gguf"`` writes one llama.cpp file
+    of ``gguf_type`` instead of the safetensors (see ``llmprune.io.gguf_export``).
     """
     if save_format not in SAVE_FORMATS:
-        raise LLMPruneError(f"unknown save format '{save_format}' (use {' or '.join(SAVE_FORMATS)})")
+        raise LLMPruneError(f"unknown save format '{save_format}' (use {', '.join(SAVE_FORMATS)})")
     target = Path(output_dir).expanduser()
     check_free_space(target.absolute().parent, model_bytes(model))
 
     def fill(tmp: Path) -> None:
+        if save_format == "gguf":
+            from .gguf_export import write_gguf_folder
+
+            def save_model_folder(folder: Path) -> None:
+                model.save_pretrained(folder)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(folder)
+
+            written = write_gguf_folder(tmp, target, save_model_folder, gguf_type, report)
+            if report is not None:
+                report["gguf"] = written
+                write_report(tmp, report)
+            return
         if save_format == "sparse":
             from .sparse import save_sparse_model
 

@@ -9,8 +9,8 @@ from .run import shrink
 
 
 def folder_weight_bytes(folder: str | Path) -> int:
-    """Bytes of the safetensors files in a saved folder (what the download and the disk cost)."""
-    return sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
+    """Bytes of the weight files (safetensors or GGUF) in a saved folder (what the download and the disk cost)."""
+    return sum(path.stat().st_size for path in Path(folder).iterdir() if path.suffix in (".safetensors", ".gguf"))
 
 
 def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
@@ -40,6 +40,10 @@ def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
     loaded, tokenizer, _ = load_causal_lm(options.model, dtype=options.dtype, device=options.device)
     shrink_options = options.shrink_options()
     shrink_options.validate(loaded)
+    if options.output and options.save_format == "gguf":
+        from ..io.gguf_export import check_exportable
+
+        check_exportable(loaded.config)  # a family llama.cpp cannot take is refused before the work
     evaluation: dict = {}
 
     def wikipedia_ppl() -> float:
@@ -69,7 +73,8 @@ def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
     if options.output:
         source = Path(resolve_model_path(options.model))
         report["file_bytes"] = {"before": folder_weight_bytes(source) if source.is_dir() else None}
-        report["output"] = str(save_pruned_model(loaded, tokenizer, options.output, report, overwrite=options.overwrite))
+        report["output"] = str(save_pruned_model(loaded, tokenizer, options.output, report, overwrite=options.overwrite,
+                                                 save_format=options.save_format, gguf_type=options.gguf_type))
         # The file size is known only once written; the report in the folder is replaced (atomically) to record it.
         report["file_bytes"]["after"] = folder_weight_bytes(report["output"])
         write_report_file(Path(report["output"]) / REPORT_NAME, report)

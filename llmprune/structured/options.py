@@ -183,6 +183,11 @@ class ShrinkRunOptions(ShrinkOptions):
     dtype: str | None = _run_option("dtype")
     output: str | None = _run_option("output", help="folder for the shrunk model and llmprune_report.json")
     overwrite: bool = _run_option("overwrite")
+    # A shrunk model is dense: safetensors, or one llama.cpp file (sparse is refused by validate).
+    save_format: str = _run_option("save_format", help=(
+        "dense safetensors (loads anywhere) or gguf (one llama.cpp file in the output folder, see --gguf-type); "
+        "a shrunk model has nothing sparse to store"))
+    gguf_type: str = _run_option("gguf_type")
     report: str | None = _run_option("report")
     eval_ppl: bool = _run_option("eval_ppl")
     eval_seqlen: int = _run_option("eval_seqlen")
@@ -203,4 +208,10 @@ class ShrinkRunOptions(ShrinkOptions):
         units = super().validate(model)
         if self.eval_windows is not None and self.eval_windows < 1:
             raise LLMPruneError(f"--eval-windows must be at least 1, got {self.eval_windows}")
+        if self.save_format not in ("dense", "gguf"):
+            raise LLMPruneError(f"shrink saves dense or gguf, not '{self.save_format}'")
+        if self.save_format == "gguf":
+            from ..io.gguf_export import parse_gguf_type
+
+            parse_gguf_type(self.gguf_type)
         return units
