@@ -71,7 +71,7 @@ def forward(args: argparse.Namespace, model: str, env: dict) -> dict:
 
 def prune(args: argparse.Namespace, model: str, method: str, env: dict, folder: Path) -> dict:
     report = folder / f"{model}-{method}.json"
-    command = [sys.executable, "-m", "llmprune.cli", "--model", model, "--method", method, "--sparsity", "0.5",
+    command = [sys.executable, "-c", "import sys; from llmprune.cli import main; sys.exit(main())", "--model", model, "--method", method, "--sparsity", "0.5",
                "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--dtype", args.dtype,
                "--calibration", args.calibration, "--report", str(report), "--no-progress"]
     _, wall = run_json(command, env)

@@ -81,3 +81,27 @@ def test_streaming_a_gguf_input_equals_the_in_memory_run(tmp_path, monkeypatch):
     assert set(memory) == set(streamed)
     for name in memory:
         assert torch.equal(memory[name], streamed[name]), name
+
+
+def test_a_gguf_model_too_large_for_memory_streams_by_default(tmp_path, monkeypatch, capsys):
+    import psutil
+
+    from llmprune.api import run_prune
+    from llmprune.io import streaming
+    from llmprune.options import RunOptions
+
+    monkeypatch.setenv("LLMPRUNE_CACHE", str(tmp_path / "cache"))
+    source = write_tiny_gguf(tmp_path / "q.gguf")
+    assert not streaming.should_stream(str(source), "bfloat16", "cpu")
+    folder = tmp_path / "cache" / "models" / f"gguf-q-{source.stat().st_size}-bfloat16"
+    needed = streaming.header_bytes_in_memory(folder, torch.bfloat16)
+    fake = psutil.virtual_memory()._replace(available=needed)  # the model would take more than 0.7 of it
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("def f(x):\n    return x + 1\n" * 200)
+    report = run_prune(RunOptions(model=str(source), method="wanda", sparsity=0.5, calibration=str(calibration), nsamples=2,
+                                  seqlen=16, dtype="bfloat16", progress=False, device="cpu", output=str(tmp_path / "out")))
+    assert "streaming it block by block" in capsys.readouterr().out
+    assert report["total_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert llmprune.load_model(str(tmp_path / "out"), device="cpu")[0].state_dict().keys() == _reference(source).keys()
