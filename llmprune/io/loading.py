@@ -1,8 +1,9 @@
 """The one loader: every model llmprune reads comes through here.
 
 - ``load_causal_lm(spec)``: an alias (the bundled models, and those assembled from part packages),
-  a .gguf file (dequantised once, tensor by tensor, into a cache folder in the run dtype), a folder llmprune wrote (dense, or sparse, which stock transformers cannot read), any
-  folder transformers reads, or a hub id;
+  a .gguf file (dequantised once, tensor by tensor, into a cache folder in the run dtype), a folder
+  llmprune wrote (dense, or sparse, which stock transformers cannot read), any folder transformers
+  reads, or a hub id;
 - ``load_pretrained(folder)``: a folder written dense or sparse, as the model class it names;
 - ``decompress_folder``: a sparse folder made dense, tensor by tensor.
 """
