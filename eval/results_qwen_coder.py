@@ -23,6 +23,7 @@ ROWS = [
     ("w16.json", "Wanda 50%, in memory (16 x 256)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --report w16.json"),
     ("w16-stream.json", "Wanda 50%, --stream (before the embedding maps)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --output ... --report w16-stream.json"),
     ("w16-stream2.json", "Wanda 50%, --stream", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --output ... --report w16-stream2.json"),
+    ("wanda-stream-eval.json", "the --stream Wanda 50% output (code calibration, 16 x 256), evaluated", "eval --model <that output folder> --dtype bfloat16 --ppl code --eval-windows 16 --json wanda-stream-eval.json"),
     ("wanda-code.json", "Wanda 50%, code calibration (16 x 256), sparse save", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --ppl code,wikipedia --eval-windows 16 --save-format sparse --output ... --report wanda-code.json"),
     ("wanda-wiki.json", "Wanda 50%, Wikipedia calibration (16 x 256)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration wikipedia --ppl code,wikipedia --eval-windows 16 --report wanda-wiki.json"),
 ]
@@ -70,6 +71,13 @@ def main(run_dir: str) -> None:
         peak = f"{report['peak_rss_mb']:.0f}" if "peak_rss_mb" in report else ""
         sparsity = f"{report['total_sparsity']:.3f}" if "total_sparsity" in report else ""
         lines.append(f"| {what} | {seconds} | {peak} | {sparsity} | {cell(code, 'code')} | {cell(wiki, 'wikipedia')} | `{command}` |")
+    lines += ["", "Not run in this session (each 1.5B prune took 12-16 min of wall time on the shared machine; see the",
+              "README's 1.5B section for what is measured and what is not): magnitude / SparseGPT / ADMM at 50% and 2:4,",
+              "the 70% recipe, `shrink --ratio 0.25`, the `code_next` task on this model, sparse save + `decompress`.", ""]
+    for name in ("inspect.log", "push.log"):
+        if (folder / name).is_file():
+            text = (folder / name).read_text().strip()
+            lines += [f"`llmprune {name.split('.')[0]} ...` on the streamed Wanda output:", "", "```", text[-3000:], "```", ""]
     OUT.write_text("\n".join(lines) + "\n")
     print(OUT.read_text())
 
