@@ -73,7 +73,9 @@ def main(run_dir: str) -> None:
         lines.append(f"| {what} | {seconds} | {peak} | {sparsity} | {cell(code, 'code')} | {cell(wiki, 'wikipedia')} | `{command}` |")
     lines += ["", "Not run in this session (each 1.5B prune took 12-16 min of wall time on the shared machine; see the",
               "README's 1.5B section for what is measured and what is not): magnitude / SparseGPT / ADMM at 50% and 2:4,",
-              "the 70% recipe, `shrink --ratio 0.25`, the `code_next` task on this model, sparse save + `decompress`.", ""]
+              "the 70% recipe, `shrink --ratio 0.25`, the `code_next` task on this model, sparse save + `decompress`, the",
+              "Wikipedia-calibrated Wanda run beside the code-calibrated one (the issue measured 1.84x dense code",
+              "perplexity for it, on its own windows), and `--stream` after the embedding maps.", ""]
     for name in ("inspect.log", "push.log"):
         if (folder / name).is_file():
             text = (folder / name).read_text().strip()
