@@ -2,16 +2,13 @@
 
 ``StreamedModel`` is the block home the engine's lifecycle uses in streaming mode. The model is never
 materialised whole. Its skeleton is built on the meta device (no weight
-memory); the tensors outside the blocks (embeddings, positions, final norm) are mapped from the
-input file where stored as the run holds them (only the pages the forward touches, the calibration
-tokens' embedding rows, become resident), else read; block 0 is read from the input safetensors
-(``safe_open``, one shard file at a time, via the index), the calibration inputs of block 0 are
-captured, and the outside tensors and lm_head are written to the output (copied file to file when
-stored as the output stores them, so a large vocabulary's tables are never resident) and dropped. Then each block is loaded, pruned and run by the same
+memory); the tensors outside the blocks (embeddings, positions, final norm, lm_head) and block 0
+are read from the input safetensors through memory maps (``safe_open``, one shard file at a
+time, via the index), the calibration inputs of block 0 are captured, and those outside tensors
+are written to the output and dropped. Then each block is loaded, pruned and run by the same
 lifecycle the in-memory mode uses (``engine.prune_model``), its tensors are written
 into the output shards at their final offsets, and it is dropped again. Peak memory is about one
-block, plus the calibration activations, plus (briefly, at the start) the outside tensors that
-could not be mapped.
+block, plus the calibration activations, plus (briefly, at the start) the outside tensors.
 
 The output folder is byte for byte what the in-memory mode's ``save_pretrained`` writes: the
 shard plan, file names and index come from the same transformers/huggingface_hub functions
@@ -31,7 +28,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -53,8 +49,7 @@ SAFETENSORS_DTYPES = {
 # A temporary output folder holds this file while a streaming run writes into it; a leftover
 # whose process is gone is a run that was killed, and may be deleted.
 OWNER_FILE = ".llmprune-stream-owner"
-MAX_SHARD_SIZE = "50GB"
-COPY_CHUNK = 16 * 2**20  # bytes per read when an unchanged tensor is copied from the input file  # save_pretrained's default, so the shard plan matches the in-memory mode
+MAX_SHARD_SIZE = "50GB"  # save_pretrained's default, so the shard plan matches the in-memory mode
 # Stream automatically when the model would take more than this share of the available memory.
 AUTO_STREAM_SHARE = 0.7
 
@@ -90,25 +85,9 @@ class Checkpoint:
         self.parts_of = {name: parts for name, parts in self.parts_of.items() if {"compressed", "bitmask"} <= set(parts)}
         for name, parts in self.parts_of.items():
             self.file_of[name] = weight_map[parts["compressed"]]
-        self._headers: dict[Path, tuple[int, dict]] = {}
 
     def size_bytes(self) -> int:
         return sum((self.folder / name).stat().st_size for name in set(self.file_of.values()))
-
-    def location(self, key: str) -> tuple[Path, int, int, str, tuple[int, ...]] | None:
-        """(file, byte offset, byte count, safetensors dtype, shape) of a tensor stored as is; None for
-        a tensor stored in parts (sparse layout)."""
-        if key in self.parts_of or key not in self.file_of:
-            return None
-        path = self.folder / self.file_of[key]
-        if path not in self._headers:
-            with open(path, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                self._headers[path] = (8 + length, json.loads(handle.read(length)))
-        start, header = self._headers[path]
-        entry = header[key]
-        begin, end = entry["data_offsets"]
-        return path, start + begin, end - begin, entry["dtype"], tuple(entry["shape"])
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """The tensors ``keys``, shard file by shard file; each map is closed before the next opens
@@ -289,35 +268,6 @@ class TensorPlaces:
                         "conversion on load that streaming does not do); run without --stream"
                     )
 
-    def mapped_location(self, checkpoint: Checkpoint, name: str) -> tuple[Path, int, int, str, tuple[int, ...]] | None:
-        """Where ``name``'s bytes lie in the checkpoint when they are exactly what the model holds
-        (stored as is, same dtype and shape, no conversion); None otherwise."""
-        if name not in self.source or name in self.converted:
-            return None
-        found = checkpoint.location(self.source[name])
-        current = self.model.get_parameter(name) if _is_parameter(self.model, name) else self.model.get_buffer(name)
-        if found is None or found[3] != SAFETENSORS_DTYPES.get(current.dtype) or found[4] != tuple(current.shape):
-            return None
-        return found
-
-    def map(self, checkpoint: Checkpoint, names: list[str]) -> list[str]:
-        """Put ``names`` in place as read-only-in-effect maps of the checkpoint file (copy-on-write):
-        only the pages a forward touches become resident (the embedding rows of the calibration
-        tokens, not a 150k-row table). Returns the names mapped; the others are left to ``load``."""
-        mapped = []
-        for name in names:
-            found = self.mapped_location(checkpoint, name)
-            if found is None:
-                continue
-            path, offset, size, _, shape = found
-            current = self.model.get_parameter(name) if _is_parameter(self.model, name) else self.model.get_buffer(name)
-            raw = np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(size,)) if size else np.empty(0, np.uint8)
-            value = torch.from_numpy(raw).view(current.dtype).reshape(shape)
-            for alias in self.aliases[name]:
-                _set_tensor(self.model, alias, value)
-            mapped.append(name)
-        return mapped
-
     def load(self, checkpoint: Checkpoint, names: list[str]) -> None:
         """Read ``names`` from the checkpoint and put them in place, cast to the skeleton's dtypes."""
         wanted = [n for n in names if n in self.source]
@@ -422,23 +372,6 @@ class ShardWriter:
         with open(path, "r+b") as handle:
             handle.seek(offset)
             handle.write(data.numpy().data)
-        self.pending.discard(name)
-
-    def copy(self, name: str, source: Path, offset: int, size: int) -> None:
-        """Write ``name`` from ``size`` bytes of ``source`` at ``offset``, a chunk at a time."""
-        path, place, expected = self.places[name]
-        if size != expected:
-            raise LLMPruneError(f"tensor {name} has {size} bytes, its place in {path.name} has {expected}")
-        with open(source, "rb") as reader, open(path, "r+b") as writer:
-            reader.seek(offset)
-            writer.seek(place)
-            left = size
-            while left:
-                chunk = reader.read(min(left, COPY_CHUNK))
-                if not chunk:
-                    raise LLMPruneError(f"{source} ended before tensor {name} was copied")
-                writer.write(chunk)
-                left -= len(chunk)
         self.pending.discard(name)
 
     def finish(self) -> None:
@@ -593,30 +526,13 @@ class StreamedModel:
 
     # The BlockHome interface (see llmprune.engine.lifecycle).
     def load_outside(self) -> None:
-        # Embeddings and the like are mapped, not read: a large vocabulary's table would otherwise
-        # be the largest thing resident (445 MiB for Qwen2.5's 151,936 x 1,536 in bfloat16).
-        mapped = set(self.places.map(self.checkpoint, self.early))
-        self.places.load(self.checkpoint, [name for name in self.early if name not in mapped])
-
-    def _write_outside(self, names: list[str]) -> None:
-        """Write tensors the run never changes: copied file to file when stored as the output stores
-        them (never resident here), else loaded, written and released."""
-        copied = []
-        for name in names:
-            found = self.places.mapped_location(self.checkpoint, name)
-            if found is None or name in self.plan.converted or self.plan.saved_names_of.get(name, []) == []:
-                continue
-            for saved in self.plan.saved_names_of[name]:
-                self.writer.copy(saved, found[0], found[1], found[2])
-            copied.append(name)
-        rest = [name for name in names if name not in copied]
-        self.places.load(self.checkpoint, [name for name in rest if self.model.state_dict(keep_vars=True)[name].device.type == "meta"])
-        self.plan.write_tensors(self.writer, self.model, rest)
+        self.places.load(self.checkpoint, self.early)
 
     def release_outside(self) -> None:
-        self._write_outside(self.early)
+        self.plan.write_tensors(self.writer, self.model, self.early)
         self.places.release(self.early)
-        self._write_outside(self.head)
+        self.places.load(self.checkpoint, self.head)
+        self.plan.write_tensors(self.writer, self.model, self.head)
         self.places.release(self.head)
 
     def load_block(self, index: int) -> None:
