@@ -21,8 +21,8 @@ COMMON = "--dtype bfloat16"
 ROWS = [
     ("dense-eval.json", "dense", f"eval --model qwen-coder {COMMON} --ppl code,wikipedia --eval-windows 16 --json dense-eval.json"),
     ("w16.json", "Wanda 50%, in memory (16 x 256)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --report w16.json"),
-    ("w16-stream.json", "Wanda 50%, --stream (before the embedding maps)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --output ... --report w16-stream.json"),
-    ("w16-stream2.json", "Wanda 50%, --stream", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --output ... --report w16-stream2.json"),
+    ("w16-stream.json", "Wanda 50%, --stream", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --output ... --report w16-stream.json"),
+    ("w16-stream2.json", "Wanda 50%, --stream, with embedding maps (an attempt, reverted: no better)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --output ... --report w16-stream2.json"),
     ("wanda-stream-eval.json", "the --stream Wanda 50% output (code calibration, 16 x 256), evaluated", "eval --model <that output folder> --dtype bfloat16 --ppl code --eval-windows 16 --json wanda-stream-eval.json"),
     ("wanda-code.json", "Wanda 50%, code calibration (16 x 256), sparse save", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --ppl code,wikipedia --eval-windows 16 --save-format sparse --output ... --report wanda-code.json"),
     ("wanda-wiki.json", "Wanda 50%, Wikipedia calibration (16 x 256)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration wikipedia --ppl code,wikipedia --eval-windows 16 --report wanda-wiki.json"),
@@ -75,7 +75,7 @@ def main(run_dir: str) -> None:
               "README's 1.5B section for what is measured and what is not): magnitude / SparseGPT / ADMM at 50% and 2:4,",
               "the 70% recipe, `shrink --ratio 0.25`, the `code_next` task on this model, sparse save + `decompress`, the",
               "Wikipedia-calibrated Wanda run beside the code-calibrated one (the issue measured 1.84x dense code",
-              "perplexity for it, on its own windows), and `--stream` after the embedding maps.", ""]
+              "perplexity for it, on its own windows).", ""]
     for name in ("inspect.log", "push.log"):
         if (folder / name).is_file():
             text = (folder / name).read_text().strip()
