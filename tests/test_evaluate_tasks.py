@@ -149,7 +149,7 @@ def test_committed_yamls_load_in_lm_eval(offline_cache):
     loaded = manager.load(list(OFFLINE_TASKS))["tasks"]
     by_name = {name.split(":")[-1]: task for name, task in loaded.items()}
     sizes = {name: len(list(task.test_docs())) for name, task in by_name.items()}
-    counts = {task: len(read_jsonl(task_data_files(task)["test"])) for task in ("wiki_next", "wiki_lastword")}
+    counts = {task: len(read_jsonl(task_data_files(task)["test"])) for task in ("wiki_next", "wiki_lastword", "code_next")}
     assert sizes == {"wiki_ppl": len(wikipedia_split("test")), "rt_sentiment": 1000, "wiki_topic": len(wikipedia_split("test")),
                      **counts}
     wiki_next, wiki_lastword = by_name["wiki_next"], by_name["wiki_lastword"]
@@ -157,6 +157,10 @@ def test_committed_yamls_load_in_lm_eval(offline_cache):
     assert wiki_next.doc_to_text(first) == first["context"] and wiki_next.doc_to_choice(first) == first["choices"]
     first = next(iter(wiki_lastword.test_docs()))
     assert wiki_lastword.doc_to_text(first) == first["context"] and wiki_lastword.doc_to_target(first) == " " + first["target"]
+    code_next = by_name["code_next"]
+    first = next(iter(code_next.test_docs()))
+    # The context ends with the line's indentation, and the choice follows it with no space between.
+    assert code_next.doc_to_text(first) == first["context"] and code_next.config.target_delimiter == ""
 
 
 def test_offline_tasks_run_on_a_tiny_model(offline_cache):

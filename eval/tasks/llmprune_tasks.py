@@ -25,3 +25,7 @@ def wiki_next(**metadata):
 
 def wiki_lastword(**metadata):
     return load_task_dataset("wiki_lastword", **metadata)
+
+
+def code_next(**metadata):
+    return load_task_dataset("code_next", **metadata)

@@ -10,7 +10,7 @@ import argparse
 
 from ..errors import LLMPruneError
 
-HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl)"
+HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next)"
 EPILOG = """examples:
   llmprune eval --model llama                                  # bundled Wikipedia test perplexity
   llmprune eval --model out/llama-wanda-50 --tasks wiki_next,wiki_lastword --limit 200 --json eval.json
@@ -45,9 +45,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser, prune_command: bool = Fa
             group.add_argument(flag, **kwargs)
 
     add("--ppl", metavar="SOURCES", default=None if prune_command else "wikipedia",
-        help="comma-separated perplexity sources: wikipedia, wikitext2, ptb, c4, a .txt/.jsonl file, or none"
+        help="comma-separated perplexity sources: wikipedia, code, wikitext2, ptb, c4, a .txt/.jsonl file, or none"
         + ("" if prune_command else " (default: wikipedia)"))
-    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl)")
+    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next)")
     add("--num-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
     add("--limit", type=float, help="at most this many documents per lm-eval task (below 1: a fraction)")
     add("--eval-seqlen" if prune_command else "--seqlen", dest="eval_seqlen", type=int, default=None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..code_corpus import CODE
 from ..data import WIKIPEDIA, load_text
 from ..errors import LLMPruneError
 
@@ -127,11 +128,11 @@ def _load_paper_corpus(name: str, split: str) -> str:
 
 
 def load_eval_text(source: str = WIKIPEDIA, split: str = "test") -> str:
-    """The text to score: bundled 'wikipedia', 'wikitext2' / 'ptb' / 'c4', a local file, or a hub dataset."""
+    """The text to score: bundled 'wikipedia', 'code' (Python stdlib sources), 'wikitext2' / 'ptb' / 'c4', a local file, or a hub dataset."""
     name = canonical_source(source)
     if name in HUB_CORPORA:
         return _load_paper_corpus(name, split)
-    if name == WIKIPEDIA or is_local(source) or Path(source).expanduser().exists():
+    if name in (WIKIPEDIA, CODE) or is_local(source) or Path(source).expanduser().exists():
         return load_text(source, split)
     _require_hub(source)
     return load_text(source, split)

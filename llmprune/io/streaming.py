@@ -135,13 +135,14 @@ def should_stream(spec: str, dtype: str | None, device: str) -> bool:
     """True when ``spec`` is a local safetensors model too large for the memory available now."""
     import psutil
 
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
     try:
-        path = Path(resolve_model_path(spec))
+        path = Path(resolve_model_path(spec, torch_dtype))  # a GGUF model: its cache folder in this dtype
     except LLMPruneError:
         return False
     if not path.is_dir() or not ((path / INDEX_FILE).is_file() or (path / SINGLE_FILE).is_file()):
         return False
-    needed = header_bytes_in_memory(path, resolve_dtype(dtype, resolve_device(device)))
+    needed = header_bytes_in_memory(path, torch_dtype)
     return needed > AUTO_STREAM_SHARE * psutil.virtual_memory().available
 
 
@@ -149,18 +150,14 @@ def unstreamable_reason(folder: Path) -> str:
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
         return "its weights are PyTorch pickles (.bin), which cannot be read tensor by tensor; streaming needs safetensors"
     if any(folder.glob("*.gguf")):
-        return "GGUF files cannot be streamed (they must be dequantised whole); streaming needs safetensors"
+        return "it holds a .gguf file: pass the .gguf file itself (it is dequantised into a safetensors cache folder)"
     return "no model.safetensors or model.safetensors.index.json found; streaming needs safetensors"
 
 
-def streamable_folder(spec: str) -> Path:
-    """The local folder holding ``spec``'s safetensors: a folder, an alias, or a hub id (cached or downloaded)."""
-    if str(spec).endswith(".gguf"):
-        raise LLMPruneError(
-            "GGUF files cannot be streamed (they must be dequantised whole); run without --stream, "
-            "or convert the model to a safetensors folder first"
-        )
-    path = Path(resolve_model_path(spec))
+def streamable_folder(spec: str, dtype: torch.dtype | None = None) -> Path:
+    """The local folder holding ``spec``'s safetensors: a folder, an alias, a .gguf file (its cache folder
+    in ``dtype``, dequantised tensor by tensor), or a hub id (cached or downloaded)."""
+    path = Path(resolve_model_path(spec, dtype))
     if not path.is_dir():
         path = _hub_snapshot(str(spec))
     if not ((path / INDEX_FILE).is_file() or (path / SINGLE_FILE).is_file()):
@@ -505,7 +502,7 @@ class StreamedModel:
     def __init__(self, spec: str, dtype: torch.dtype):
         from transformers import AutoTokenizer
 
-        self.folder = streamable_folder(spec)
+        self.folder = streamable_folder(spec, dtype)
         self.checkpoint = Checkpoint(self.folder)
         self.model = build_skeleton(self.folder, dtype)
         self.places = TensorPlaces(self.model, self.checkpoint)
