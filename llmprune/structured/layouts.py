@@ -199,11 +199,6 @@ def find_layout(model: nn.Module) -> FamilyLayout:
     )
 
 
-def layout_for(model: nn.Module) -> tuple[FamilyLayout, bool]:
-    """(layout, found): kept for callers of the former family table; every layout is now found."""
-    return find_layout(model), True
-
-
 def attention_sizes(config) -> tuple[int, int, int]:
     """(query heads, key/value heads, head_dim) as a config describes them (an explicit head_dim first)."""
     heads = config.num_attention_heads

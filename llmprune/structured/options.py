@@ -38,8 +38,8 @@ class ShrinkOptions:
     # auto: on the bundled SmolLM2 at R = 0.25 (64 x 512 calibration, 64 test windows) mlp,blocks with the
     # bridge measured 24.62, mlp,heads 27.06 (eval/results/shrink.md); without the bridge blocks are poor.
     units: str = option("auto", f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,blocks where the family "
-                        "allows the removed blocks' bridge (see --no-block-correction), else mlp,heads where its heads are "
-                        "removable, else mlp", WHAT)
+                        "allows the removed blocks' bridge (see --no-block-correction), else mlp,heads where its config "
+                        "accepts fewer heads, else mlp; heads,blocks for a mixture-of-experts MLP", WHAT)
     # obs by default: 27.06 against 27.63 for hessian on the bundled model (R = 0.25, mlp,heads, 64 x 512
     # calibration, 64 test windows), in less than 2x a plain forward of the calibration batch.
     score: str = option("obs", "how channels and heads are ranked: magnitude (weights only), wanda (Wanda-sp), "

@@ -5,8 +5,9 @@ by a stock config. The ratio is a fraction of the decoder blocks' parameters (em
 and the final norm are never touched). Each unit moves in its own steps (whole blocks; the same number
 of query heads in every key/value group, or whole key/value groups; MLP widths in multiples of
 ``multiple_of``). Every combination of a block count and a head count is tried, the MLP taking up the
-rest; among those within ``RATIO_TOLERANCE`` of the ratio the most even split wins (blocks an equal
-share of the total, heads the ratio's fraction of the attention), otherwise the nearest.
+rest; among those within ``RATIO_TOLERANCE`` of the ratio, those that use every asked unit, then the
+most even split win (blocks an equal share of the total, heads the ratio's fraction of the attention);
+when none is that close, the nearest.
 
 Head counts are those the family accepts: ``checks.py`` has transformers validate the config and build
 the shrunk model on the meta device. When no head count is accepted, the heads' share moves to the
@@ -163,7 +164,9 @@ def make_plan(costs: UnitCosts, ratio: float, units: tuple[str, ...], multiple_o
             if "heads" in ordered:  # not last: attention loses the ratio's fraction of its own parameters
                 share = ratio * attention_params * kept if "mlp" in ordered else target - blocks_removed * costs.block_params
                 imbalance += abs(kept * cost - share)
-            key = (error > RATIO_TOLERANCE, error if error > RATIO_TOLERANCE else 0.0, imbalance, error)
+            idle = (("blocks" in ordered and not blocks_removed) + ("heads" in ordered and not cost)
+                    + ("mlp" in ordered and intermediate == costs.intermediate))
+            key = (error > RATIO_TOLERANCE, error if error > RATIO_TOLERANCE else 0.0, idle, imbalance, error)
             if best_key is None or key < best_key:
                 best_key = key
                 best = (blocks_removed, intermediate, heads, kv_heads, removed)

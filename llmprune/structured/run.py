@@ -271,8 +271,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     """Remove a fraction ``ratio`` of the decoder blocks' parameters as whole units, in place; returns the report.
 
     ``options`` (a ``ShrinkOptions``, or its fields as keyword ``overrides``: ``ratio``, ``units``, ``score``,
-    ...; every default lives there). ``units``: ``auto`` (mlp and heads where heads are removable, else mlp)
-    or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per key/value
+    ...; every default lives there). ``units``: ``auto`` (see ``ShrinkOptions.units``) or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per key/value
     group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
     fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's block influence; span:
     the most similar contiguous run; loss: the calibration loss with the block skipped);
@@ -281,8 +280,9 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     towards the layer's own outputs (``refit_target="local"``) or the dense model's (``teacher``);
     ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs, and
     ``distill_steps`` the whole shrunk model towards the dense model's next-token distributions. Widths are
-    uniform across blocks and rounded to ``multiple_of``; the config is edited so the saved folder loads
-    with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
+    uniform across blocks and rounded to ``multiple_of``; the plan is validated by transformers (the config
+    class and a meta-device model of the shrunk config) before any block is touched, and the config is
+    edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
     """
     from ..calibration import calibration_chunks
     from ..process import peak_rss_mb, versions
