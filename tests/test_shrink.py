@@ -33,6 +33,11 @@ def build(family: str, layers: int = 2, seed: int = 0, **overrides):
         base.pop("layer_types", None)  # derived from the number of layers when the config is built
         base["n_layer" if "n_layer" in base else "num_hidden_layers"] = layers
         config = type(FAMILIES[family]())(**base)
+    return instantiate(config, **overrides)
+
+
+def instantiate(config, **overrides):
+    """A random eager-attention model of ``config`` with ``overrides`` set on it, without a KV cache."""
     for key, value in overrides.items():
         setattr(config, key, value)
     config.use_cache = False

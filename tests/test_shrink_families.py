@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from tests.conftest import random_calibration, tiny_tokenizer
+from tests.test_shrink import instantiate, logits
 from llmprune.cli import main
 from llmprune.errors import LLMPruneError
 from llmprune.structured import shrink
@@ -51,16 +52,7 @@ HEAD_SIZE_FROM_HIDDEN = set(FAMILIES) - HEADS_REMOVABLE
 
 def build(family: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    config = FAMILIES[family]()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    config.use_cache = False
-    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-
-
-def logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids).logits
+    return instantiate(FAMILIES[family](), **overrides)
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -178,9 +170,7 @@ def test_shrunk_share_equals_the_reported_ratio():
 
 def test_mixture_of_experts_keeps_its_experts_and_says_so(tmp_path, capsys):
     torch.manual_seed(0)
-    config = transformers.MixtralConfig(**SIZES, **GQA, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2)
-    config.use_cache = False
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model = instantiate(transformers.MixtralConfig(**SIZES, **GQA, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2))
     weights = snapshot(model)
     with pytest.raises(LLMPruneError, match="the MLP of model type 'mixtral' cannot be shrunk: its MLP is a mixture of experts") as info:
         run(model, "mlp")
