@@ -179,6 +179,7 @@ def test_mixture_of_experts_keeps_its_experts_and_says_so(tmp_path, capsys):
     capsys.readouterr()
     report = shrink(model, ratio=0.25, calibration_ids=random_calibration(4, 16), progress=False, device="cpu")
     assert report["units"] == ["blocks", "heads"] and report["removed_blocks"]
+    assert report["kept"]["intermediate_size"] is None  # the experts keep their width
     out = capsys.readouterr().out
     assert out.count("its MLP is a mixture of experts") == 1 and out.count("no single output layer") == 1
     from llmprune.api import save_pretrained

@@ -271,8 +271,9 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     """Remove a fraction ``ratio`` of the decoder blocks' parameters as whole units, in place; returns the report.
 
     ``options`` (a ``ShrinkOptions``, or its fields as keyword ``overrides``: ``ratio``, ``units``, ``score``,
-    ...; every default lives there). ``units``: ``auto`` (see ``ShrinkOptions.units``) or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per key/value
-    group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
+    ...; every default lives there). ``units``: ``auto`` (see ``ShrinkOptions.units``) or a mix of ``mlp``
+    (intermediate channels), ``heads`` (query heads, the same number per key/value group, or whole key/value
+    groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
     fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's block influence; span:
     the most similar contiguous run; loss: the calibration loss with the block skipped);
     ``block_correction`` folds a least-squares linear bridge for each removed run into the kept block
@@ -282,7 +283,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     ``distill_steps`` the whole shrunk model towards the dense model's next-token distributions. Widths are
     uniform across blocks and rounded to ``multiple_of``; the plan is validated by transformers (the config
     class and a meta-device model of the shrunk config) before any block is touched, and the config is
-    edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
+    edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token
+    ids) replace the calibration text.
     """
     from ..calibration import calibration_chunks
     from ..process import peak_rss_mb, versions
@@ -351,7 +353,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         "refit_target": options.refit_target if options.compensate else None,
         "damp": options.damp,
         "multiple_of": options.multiple_of,
-        "kept": {"intermediate_size": plan.intermediate, "num_attention_heads": plan.heads,
+        "kept": {"intermediate_size": plan.intermediate if layout.mlp_consumer else None, "num_attention_heads": plan.heads,
                  "num_key_value_heads": plan.kv_heads, "num_hidden_layers": costs.blocks - len(removed_blocks)},
         "config_changes": config_changes,
         "parameters": {"before": params_before, "after": parameter_count(model),
