@@ -188,3 +188,13 @@ def test_mixture_of_experts_keeps_its_experts_and_says_so(tmp_path, capsys):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "moe").eval()
     ids = random_calibration(2, 12, seed=3)
     torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), rtol=0, atol=1e-5)
+
+
+def test_a_family_option_that_ties_a_norm_to_the_head_count_is_found_by_the_meta_model(capsys):
+    # Phi with qk_layernorm sizes its query/key norms hidden_size // heads: no table says so, the meta model does.
+    model = build("phi", qk_layernorm=True, head_dim=8)
+    report = run(model, "mlp,heads")
+    assert report["units"] == ["mlp"] and report["kept"]["num_attention_heads"] == 8
+    note = capsys.readouterr().out
+    assert "heads cannot be removed from model type 'phi'" in note and "_layernorm" in note
+    assert abs(report["ratio_reached"] - 0.25) <= RATIO_TOLERANCE
