@@ -84,12 +84,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ---- shrink surgery (llmprune/structured/)
     Mutation("shrink-heads-no-refit", "shrink: no least-squares re-fit of o_proj after removing heads",
              "llmprune/structured/surgery.py",
-             (("narrow_consumer(submodule(block, attention.output), columns, stats, damp)",
-               "narrow_consumer(submodule(block, attention.output), columns, None, damp)"),),
+             (("narrow_consumer(submodule(block, attention.output), q_channels, stats, damp)",
+               "narrow_consumer(submodule(block, attention.output), q_channels, None, damp)"),),
              (SHRINK + "test_o_proj_after_removing_heads_is_the_least_squares_fit_of_the_dense_outputs",)),
     Mutation("shrink-kv-heads-config", "shrink: the num_key_value_heads config edit forgotten",
              "llmprune/structured/finalize.py",
-             (("        if layout.kv_heads_key:\n            set_key(layout.kv_heads_key, plan.kv_heads)\n", ""),),
+             (("        if layout.kv_heads_key:\n            set_key(layout.kv_heads_key, kv_heads)\n", ""),),
              (SHRINK + "test_removing_a_whole_key_value_group_edits_the_config_and_the_folder_reloads",)),
     # ---- lottery tickets (llmprune/imp/runner.py)
     Mutation("lth-controls-from-init", "lottery tickets: controls start from the initialisation, not the late-rewind point",

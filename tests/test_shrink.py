@@ -12,7 +12,7 @@ from llmprune.cli import main
 from llmprune.errors import LLMPruneError
 from llmprune.anatomy import find_blocks, weight_matrix
 from llmprune.structured import shrink
-from llmprune.structured.layouts import attention_sizes, layout_for
+from llmprune.structured.layouts import attention_sizes, find_layout
 from llmprune.structured.plan import make_plan, unit_costs
 from llmprune.structured.scores import InputStatistics, channel_scores, choose_units
 from llmprune.structured.surgery import least_squares_refit, submodule
@@ -33,6 +33,11 @@ def build(family: str, layers: int = 2, seed: int = 0, **overrides):
         base.pop("layer_types", None)  # derived from the number of layers when the config is built
         base["n_layer" if "n_layer" in base else "num_hidden_layers"] = layers
         config = type(FAMILIES[family]())(**base)
+    return instantiate(config, **overrides)
+
+
+def instantiate(config, **overrides):
+    """A random eager-attention model of ``config`` with ``overrides`` set on it, without a KV cache."""
     for key, value in overrides.items():
         setattr(config, key, value)
     config.use_cache = False
@@ -52,7 +57,7 @@ def save_and_reload(model, folder):
 
 
 def check_config_matches_tensors(model, family: str) -> None:
-    layout, _ = layout_for(model)
+    layout = find_layout(model)
     _, blocks = find_blocks(model)
     config = model.config
     assert config.num_hidden_layers == len(blocks)
@@ -92,7 +97,7 @@ def test_every_family_shrinks_saves_and_reloads_with_plain_transformers(family, 
 @pytest.mark.parametrize("family", ("llama", "phi3", "gpt2"))
 def test_units_whose_weights_are_zero_are_removed_without_changing_outputs(family):
     model = build(family)
-    layout, _ = layout_for(model)
+    layout = find_layout(model)
     _, blocks = find_blocks(model)
     width = weight_matrix(submodule(blocks[0], layout.mlp_consumer)).shape[1]
     dead = list(range(0, width, 4))  # a quarter of the channels
@@ -175,7 +180,7 @@ def test_compensation_lowers_the_layer_error():
 @pytest.mark.parametrize("multiple_of", (8, 16))
 def test_ratio_reached_is_within_one_rounding_step(ratio, multiple_of):
     model = build("llama")
-    layout, _ = layout_for(model)
+    layout = find_layout(model)
     plan = make_plan(unit_costs(model, layout), ratio, ("mlp",), multiple_of)
     assert abs(plan.reached - ratio) <= plan.step
     assert plan.intermediate % multiple_of == 0

@@ -43,7 +43,7 @@ def print_summary(report: dict) -> None:
     params = report["parameters"]
     print(
         f"\nshrunk {report['model']} ({','.join(report['units'])}, {report['score']}): removed "
-        f"{report['ratio_reached']:.1%} of the blocks' parameters; parameters {params['before']:,} -> {params['after']:,}; "
+        f"{report['ratio_reached']:.1%} of the blocks' parameters (asked {report['ratio']:.1%}); parameters {params['before']:,} -> {params['after']:,}; "
         f"kept {report['kept']}; {report['shrink_seconds']:.1f} s, peak memory {report['peak_rss_mb']:.0f} MiB"
     )
     if report["removed_blocks"]:

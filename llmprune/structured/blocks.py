@@ -154,6 +154,8 @@ def fold_bridge(layer: nn.Module, bridge: torch.Tensor) -> None:
 
 def bridge_unavailable(layout: FamilyLayout) -> str | None:
     """Why no bridge can be folded into this family's blocks (None: it can)."""
+    if layout.mlp_consumer is None:
+        return "its MLP has no single output layer to fold it into"
     if layout.mlp_output_norm:
         return f"its MLP output passes through {layout.mlp_output_norm} before the residual add"
     return None

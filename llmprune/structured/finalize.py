@@ -1,10 +1,15 @@
-"""The config edits at the end of a shrink, so the saved folder describes the new sizes with stock keys."""
+"""The shrunk config: the new sizes written with stock keys, so the saved folder loads with stock transformers.
+
+``shrunk_config`` builds it (a copy; ``checks.py`` has transformers validate it before any work) and
+``finalize_config`` writes the same keys into the model's own config once the blocks are shrunk.
+"""
 from __future__ import annotations
+
+import copy
 
 from torch import nn
 
-from .layouts import FamilyLayout, attention_sizes
-from .plan import ShrinkPlan
+from .layouts import FamilyLayout
 
 
 def per_layer_keys(config, layers: int) -> list[str]:
@@ -16,9 +21,19 @@ def per_layer_keys(config, layers: int) -> list[str]:
     return keys
 
 
-def finalize_config(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan, removed_blocks: list[int]) -> dict:
-    """Write the shrunk sizes into ``model.config``; returns key -> (before, after) for the report."""
-    config = model.config
+def _writable(config, key: str) -> bool:
+    """Not a computed property of the config class (Falcon's head_dim is one)."""
+    return not isinstance(getattr(type(config), key, None), property)
+
+
+def shrunk_config(config, layout: FamilyLayout, intermediate: int, heads: int, kv_heads: int,
+                  removed_blocks: list[int]):
+    """(a copy of ``config`` with the shrunk sizes, key -> [before, after] for the report).
+
+    The head size never changes, so when the query heads do, ``head_dim`` is written explicitly
+    (hidden_size // heads no longer gives it), and ``num_key_value_heads`` (or the family's key) always
+    holds the kept key/value heads."""
+    config = copy.deepcopy(config)
     changes: dict[str, list] = {}
 
     def set_key(key: str, value) -> None:
@@ -27,14 +42,17 @@ def finalize_config(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan, re
             changes[key] = [before, value]
             setattr(config, key, value)
 
-    heads, kv_heads, head_dim = attention_sizes(config)
-    if "mlp" in plan.units:
-        set_key(layout.intermediate_key, plan.intermediate)
-    if "heads" in plan.units:
-        set_key(layout.head_dim_key, head_dim)  # explicit: hidden_size // heads no longer gives it
-        set_key(layout.heads_key, plan.heads)
+    if layout.mlp_consumer is not None and layout.intermediate_key:
+        current = getattr(config, layout.intermediate_key, None)
+        if current is None or intermediate != current:
+            set_key(layout.intermediate_key, intermediate)
+    attention = layout.attention
+    if attention is not None and (heads, kv_heads) != (attention.heads, attention.kv_heads):
+        if _writable(config, layout.head_dim_key):
+            set_key(layout.head_dim_key, attention.head_dim)
+        set_key(layout.heads_key, heads)
         if layout.kv_heads_key:
-            set_key(layout.kv_heads_key, plan.kv_heads)
+            set_key(layout.kv_heads_key, kv_heads)
     if removed_blocks:
         layers = getattr(config, layout.layers_key)
         gone = set(removed_blocks)
@@ -42,4 +60,13 @@ def finalize_config(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan, re
             values = getattr(config, key)
             set_key(key, type(values)(value for index, value in enumerate(values) if index not in gone))
         set_key(layout.layers_key, layers - len(removed_blocks))
+    return config, changes
+
+
+def finalize_config(model: nn.Module, layout: FamilyLayout, intermediate: int, heads: int, kv_heads: int,
+                    removed_blocks: list[int]) -> dict:
+    """Write the shrunk sizes into ``model.config`` (the object its modules share); returns the changes."""
+    _, changes = shrunk_config(model.config, layout, intermediate, heads, kv_heads, removed_blocks)
+    for key, (_, after) in changes.items():
+        setattr(model.config, key, after)
     return changes

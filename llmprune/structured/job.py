@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import LLMPruneError
 from .options import ShrinkRunOptions
+from .plan import plan_shrink
 from .run import shrink
 
 
@@ -39,7 +40,7 @@ def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
         prepare_tasks(parse_tasks(options.tasks), options.num_fewshot, options.limit)
     loaded, tokenizer, _ = load_causal_lm(options.model, dtype=options.dtype, device=options.device)
     shrink_options = options.shrink_options()
-    shrink_options.validate(loaded)
+    plan_shrink(loaded, shrink_options.ratio, shrink_options.units, int(shrink_options.multiple_of))  # refusals before any work
     if options.output and options.save_format == "gguf":
         from ..io.gguf_export import check_exportable
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from torch import nn
-
 from ..errors import LLMPruneError
 from ..options import PruneOptions, RunOptions, option, shared_option
 from ..reconstruct import BlockReconstruction, check_reconstruct_options
-from .blocks import BLOCK_SCORES, bridge_unavailable
-from .layouts import layout_for
-from .plan import UNITS
+from .blocks import BLOCK_SCORES
+from .plan import UNITS, parse_units
 from .scores import SCORES
 
 # What the consumer's kept columns are re-fitted to reproduce: ``local``, the layer's own outputs on the
@@ -41,8 +38,8 @@ class ShrinkOptions:
     # auto: on the bundled SmolLM2 at R = 0.25 (64 x 512 calibration, 64 test windows) mlp,blocks with the
     # bridge measured 24.62, mlp,heads 27.06 (eval/results/shrink.md); without the bridge blocks are poor.
     units: str = option("auto", f"comma-separated mix of {', '.join(UNITS)}, or auto: mlp,blocks where the family "
-                        "allows the removed blocks' bridge (see --no-block-correction), else mlp,heads where its heads are "
-                        "removable, else mlp", WHAT)
+                        "allows the removed blocks' bridge (see --no-block-correction), else mlp,heads where its config "
+                        "accepts fewer heads, else mlp; heads,blocks for a mixture-of-experts MLP", WHAT)
     # obs by default: 27.06 against 27.63 for hessian on the bundled model (R = 0.25, mlp,heads, 64 x 512
     # calibration, 64 test windows), in less than 2x a plain forward of the calibration batch.
     score: str = option("obs", "how channels and heads are ranked: magnitude (weights only), wanda (Wanda-sp), "
@@ -92,28 +89,16 @@ class ShrinkOptions:
     device: str = shared_option(PruneOptions, "device")
     progress: bool = shared_option(PruneOptions, "progress")
 
-    def parsed_units(self, model: nn.Module | None = None) -> tuple[str, ...]:
-        """The unit mix; ``auto`` is resolved for ``model`` (mlp,blocks before a model is known)."""
-        units = self.units
-        if units == "auto":
-            if model is None or bridge_unavailable(layout_for(model)[0]) is None:
-                return ("mlp", "blocks")
-            return ("mlp", "heads") if heads_removable(model) else ("mlp",)
-        if isinstance(units, str):
-            units = [part.strip() for part in units.split(",") if part.strip()]
-        units = tuple(units)
-        for unit in units:
-            if unit not in UNITS:
-                raise LLMPruneError(f"unknown unit '{unit}' (use a comma-separated mix of {', '.join(UNITS)})")
-        if not units:
-            raise LLMPruneError(f"no units given (use a comma-separated mix of {', '.join(UNITS)})")
-        return units
+    def parsed_units(self) -> tuple[str, ...] | None:
+        """The unit mix, or None for ``auto`` (resolved for the model by ``plan.plan_shrink``)."""
+        return parse_units(self.units)
 
-    def validate(self, model: nn.Module | None = None) -> tuple[str, ...]:
-        """Every option error before any work (with ``model``, those that depend on it too); returns the units."""
+    def validate(self) -> tuple[str, ...] | None:
+        """Every option error that needs no model, before any work; returns the units (None: auto).
+        What depends on the model (units it has, head counts its config accepts) is ``plan_shrink``'s."""
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio < 1:
             raise LLMPruneError(f"ratio must be in (0, 1), got {self.ratio}")
-        units = self.parsed_units(model)
+        units = self.parsed_units()
         if self.score not in SCORES:
             raise LLMPruneError(f"unknown score '{self.score}' (use {', '.join(SCORES)})")
         if self.block_score not in BLOCK_SCORES:
@@ -138,11 +123,6 @@ class ShrinkOptions:
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                       self.reconstruct_lr, self.reconstruct_batch_size)
-        if model is not None and "heads" in units and not heads_removable(model):
-            raise LLMPruneError(
-                f"heads cannot be removed from model type '{model.config.model_type}': its attention layout "
-                "is unknown or ties the head size to hidden_size // heads (use --units mlp,blocks)"
-            )
         return units
 
     def reconstruction(self) -> BlockReconstruction | None:
@@ -164,11 +144,6 @@ def with_overrides(options: ShrinkOptions | None, **overrides) -> ShrinkOptions:
     if unknown:
         raise LLMPruneError(f"unknown shrink option(s) {', '.join(unknown)}")
     return replace(base, **overrides)
-
-
-def heads_removable(model: nn.Module) -> bool:
-    layout, known = layout_for(model)
-    return known and layout.attention.head_dim_explicit
 
 
 def _run_option(name: str, **metadata):
@@ -204,8 +179,8 @@ class ShrinkRunOptions(ShrinkOptions):
     def shrink_options(self) -> ShrinkOptions:
         return ShrinkOptions(**{f.name: getattr(self, f.name) for f in fields(ShrinkOptions)})
 
-    def validate(self, model: nn.Module | None = None) -> tuple[str, ...]:
-        units = super().validate(model)
+    def validate(self) -> tuple[str, ...] | None:
+        units = super().validate()
         if self.eval_windows is not None and self.eval_windows < 1:
             raise LLMPruneError(f"--eval-windows must be at least 1, got {self.eval_windows}")
         if self.save_format not in ("dense", "gguf"):

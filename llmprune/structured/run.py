@@ -27,10 +27,10 @@ from ..anatomy import block_weights, find_blocks, weight_matrix
 from ..process import resolve_device
 from .distill import distill
 from .finalize import finalize_config
-from .layouts import FamilyLayout, attention_sizes, layout_for
+from .layouts import FamilyLayout, query_rows
 from .blocks import block_removal_scores, block_skip_losses, bridge_run, bridge_unavailable, choose_blocks, removed_runs
 from .options import ShrinkOptions, with_overrides
-from .plan import ShrinkPlan, make_plan, unit_costs
+from .plan import ShrinkPlan, plan_shrink
 from .scores import InputStatistics, choose_units
 from .surgery import remove_blocks, remove_heads, remove_mlp_channels, submodule
 
@@ -115,17 +115,19 @@ def _mlp_apply(block, layout: FamilyLayout, plan: ShrinkPlan, score: str, compen
     return apply
 
 
-def _heads_apply(block, layout: FamilyLayout, sizes, plan: ShrinkPlan, score: str, compensate: bool, damp: float, record: dict):
-    heads, kv_heads, head_dim = sizes
+def _heads_apply(block, layout: FamilyLayout, plan: ShrinkPlan, score: str, compensate: bool, damp: float, record: dict):
+    attention = layout.attention
+    heads, kv_heads, head_dim = attention.sizes
     per_group = heads // kv_heads
 
     def columns(head: int) -> list[int]:
         return list(range(head * head_dim, (head + 1) * head_dim))
 
     def apply(stats: InputStatistics) -> list[int]:
-        weight = weight_matrix(submodule(block, layout.attention.output)).float()
-        q_layer = submodule(block, layout.attention.qkv or layout.attention.q)
-        producer_sq = weight_matrix(q_layer).float()[: heads * head_dim].pow(2).sum(1)
+        weight = weight_matrix(submodule(block, attention.output)).float()
+        q_layer = submodule(block, attention.qkv or attention.q)
+        rows = query_rows(attention.qkv_order, heads, kv_heads, head_dim) if attention.qkv else list(range(heads * head_dim))
+        producer_sq = weight_matrix(q_layer).float()[rows].pow(2).sum(1)
         if plan.kv_heads < kv_heads:  # whole key/value groups with their query heads
             groups = [[c for h in range(g * per_group, (g + 1) * per_group) for c in columns(h)] for g in range(kv_heads)]
             removed_groups = choose_units(score, weight, stats, groups, kv_heads - plan.kv_heads, producer_sq=producer_sq, damp=damp)
@@ -137,7 +139,7 @@ def _heads_apply(block, layout: FamilyLayout, sizes, plan: ShrinkPlan, score: st
                                          clusters=clusters, producer_sq=producer_sq, damp=damp)
             kept_kv = list(range(kv_heads))
             kept_q = [h for h in range(heads) if h not in removed_heads]
-        remove_heads(block, layout, sizes, kept_q, kept_kv, stats if compensate else None, damp)
+        remove_heads(block, layout, kept_q, kept_kv, stats if compensate else None, damp)
         record["query_heads_removed"] = [h for h in range(heads) if h not in kept_q]
         record["kv_heads_removed"] = [g for g in range(kv_heads) if g not in kept_kv]
         return [c for h in kept_q for c in columns(h)]
@@ -157,9 +159,9 @@ def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, 
     dense block is run on it first, recording its consumers' inputs, which the shrunk block's statistics
     pair token for token with its own."""
     model, blocks = lifecycle.model, lifecycle.blocks
-    sizes = attention_sizes(model.config)
-    change_heads = "heads" in plan.units and (plan.heads, plan.kv_heads) != sizes[:2]
-    change_mlp = "mlp" in plan.units and plan.intermediate != unit_costs_intermediate(blocks[0], layout)
+    attention = layout.attention
+    change_heads = attention is not None and (plan.heads, plan.kv_heads) != (attention.heads, attention.kv_heads)
+    change_mlp = layout.mlp_consumer is not None and plan.intermediate != unit_costs_intermediate(blocks[0], layout)
     score, compensate, damp = options.score, options.compensate, options.damp
     teacher = [item.hidden.clone() for item in inputs] if inputs and options.teacher_refit() and (change_heads or change_mlp) else None
     records: dict[int, dict] = {}
@@ -183,7 +185,7 @@ def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, 
             del dense_outputs
         stages = []
         if change_heads:
-            stages.append(_Stage(block, layout.attention.output, _heads_apply(block, layout, sizes, plan, score, compensate, damp, record),
+            stages.append(_Stage(block, layout.attention.output, _heads_apply(block, layout, plan, score, compensate, damp, record),
                                  dense_inputs.get(layout.attention.output)))
         if change_mlp:
             stages.append(_Stage(block, layout.mlp_consumer, _mlp_apply(block, layout, plan, score, compensate, damp, record),
@@ -269,9 +271,9 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     """Remove a fraction ``ratio`` of the decoder blocks' parameters as whole units, in place; returns the report.
 
     ``options`` (a ``ShrinkOptions``, or its fields as keyword ``overrides``: ``ratio``, ``units``, ``score``,
-    ...; every default lives there). ``units``: ``auto`` (mlp and heads where heads are removable, else mlp)
-    or a mix of ``mlp`` (intermediate channels), ``heads`` (query heads, the same number per key/value
-    group, or whole key/value groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
+    ...; every default lives there). ``units``: ``auto`` (see ``ShrinkOptions.units``) or a mix of ``mlp``
+    (intermediate channels), ``heads`` (query heads, the same number per key/value group, or whole key/value
+    groups) and ``blocks``. ``score`` ranks channels and heads (magnitude, wanda,
     fluctuation, hessian, obs); ``block_score`` ranks blocks (angular: ShortGPT's block influence; span:
     the most similar contiguous run; loss: the calibration loss with the block skipped);
     ``block_correction`` folds a least-squares linear bridge for each removed run into the kept block
@@ -279,19 +281,22 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     towards the layer's own outputs (``refit_target="local"``) or the dense model's (``teacher``);
     ``reconstruct`` then trains each shrunk block to reproduce the dense block's outputs, and
     ``distill_steps`` the whole shrunk model towards the dense model's next-token distributions. Widths are
-    uniform across blocks and rounded to ``multiple_of``; the config is edited so the saved folder loads
-    with stock transformers. ``calibration_ids`` (nsamples x seqlen token ids) replace the calibration text.
+    uniform across blocks and rounded to ``multiple_of``; the plan is validated by transformers (the config
+    class and a meta-device model of the shrunk config) before any block is touched, and the config is
+    edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token
+    ids) replace the calibration text.
     """
     from ..calibration import calibration_chunks
     from ..process import peak_rss_mb, versions
 
     options = with_overrides(options, **overrides)
-    units = options.validate(model)
+    options.validate()
     progress, device = options.progress, resolve_device(options.device)
-    layout, _ = layout_for(model)
     started = time.perf_counter()
-    costs = unit_costs(model, layout)
-    plan = make_plan(costs, options.ratio, units, int(options.multiple_of))
+    # Plan, then validate (transformers' config class and a meta-device model), then work.
+    layout, costs, plan = plan_shrink(model, options.ratio, options.units, int(options.multiple_of))
+    for note in plan.notes:
+        print(f"llmprune: {note}", flush=True)
     params_before, bytes_before = parameter_count(model), parameter_bytes(model)
     _, blocks = find_blocks(model)
     block_params_before = parameter_count(blocks)
@@ -326,7 +331,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
                             options, steps)
     del inputs
     remove_blocks(model, layout, removed_blocks)
-    config_changes = finalize_config(model, layout, plan, removed_blocks)
+    config_changes = finalize_config(model, layout, plan.intermediate, plan.heads, plan.kv_heads, removed_blocks)
     distilled = None
     if dense is not None:
         distilled = distill(model, dense, torch.cat(list(chunks)), int(options.distill_steps), float(options.distill_lr),
@@ -341,13 +346,14 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
         "ratio_reached": round(plan.reached, 5),
         "ratio_step": round(plan.step, 5),
         "units": list(plan.units),
+        "notes": plan.notes,
         "score": options.score,
         "block_score": options.block_score if plan.blocks_removed else None,
         "compensate": options.compensate,
         "refit_target": options.refit_target if options.compensate else None,
         "damp": options.damp,
         "multiple_of": options.multiple_of,
-        "kept": {"intermediate_size": plan.intermediate, "num_attention_heads": plan.heads,
+        "kept": {"intermediate_size": plan.intermediate if layout.mlp_consumer else None, "num_attention_heads": plan.heads,
                  "num_key_value_heads": plan.kv_heads, "num_hidden_layers": costs.blocks - len(removed_blocks)},
         "config_changes": config_changes,
         "parameters": {"before": params_before, "after": parameter_count(model),

@@ -6,13 +6,14 @@ inside its own forward pre-hook, while the module's forward is about to run.
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from ..errors import LLMPruneError
 from ..anatomy import Conv1D, find_blocks, weight_matrix
+from .finalize import shrunk_config
 from .layouts import FamilyLayout, qkv_rows
 from .scores import InputStatistics
 
@@ -123,21 +124,35 @@ HEAD_COUNT_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_head")
 KV_COUNT_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads")
 
 
-def remove_heads(block: nn.Module, layout: FamilyLayout, sizes: tuple[int, int, int], kept_q: list[int],
-                 kept_kv: list[int], stats: InputStatistics | None, damp: float = 0.01) -> None:
+def keep_norm_channels(norm: nn.Module, channels: list[int]) -> None:
+    """Keep channels ``channels`` of a norm over a projection's rows (its weight and bias)."""
+    index = torch.as_tensor(channels, dtype=torch.long, device=norm.weight.device)
+    for name in ("weight", "bias"):
+        if isinstance(getattr(norm, name, None), torch.Tensor):
+            _replace(norm, name, getattr(norm, name).data[index])
+    if isinstance(getattr(norm, "normalized_shape", None), tuple):
+        norm.normalized_shape = (len(channels),)
+
+
+def remove_heads(block: nn.Module, layout: FamilyLayout, kept_q: list[int], kept_kv: list[int],
+                 stats: InputStatistics | None, damp: float = 0.01) -> None:
     """Keep query heads ``kept_q`` and key/value heads ``kept_kv`` (global indices, whole heads only)."""
-    heads, kv_heads, head_dim = sizes
     attention = layout.attention
+    heads, kv_heads, head_dim = attention.sizes
+    q_channels = [h * head_dim + i for h in kept_q for i in range(head_dim)]
+    kv_channels = [g * head_dim + i for g in kept_kv for i in range(head_dim)]
     if attention.qkv is not None:
         keep_outputs(submodule(block, attention.qkv), qkv_rows(attention.qkv_order, heads, kv_heads, head_dim, kept_q, kept_kv))
     else:
-        keep_outputs(submodule(block, attention.q), [h * head_dim + i for h in kept_q for i in range(head_dim)])
-        kv_rows = [g * head_dim + i for g in kept_kv for i in range(head_dim)]
-        keep_outputs(submodule(block, attention.k), kv_rows)
-        keep_outputs(submodule(block, attention.v), kv_rows)
-    columns = [h * head_dim + i for h in kept_q for i in range(head_dim)]
-    narrow_consumer(submodule(block, attention.output), columns, stats, damp)
-    module = submodule(block, attention.output.rsplit(".", 1)[0])
+        keep_outputs(submodule(block, attention.q), q_channels)
+        keep_outputs(submodule(block, attention.k), kv_channels)
+        keep_outputs(submodule(block, attention.v), kv_channels)
+    for name in attention.q_norms:
+        keep_norm_channels(submodule(block, name), q_channels)
+    for name in attention.kv_norms:
+        keep_norm_channels(submodule(block, name), kv_channels)
+    narrow_consumer(submodule(block, attention.output), q_channels, stats, damp)
+    module = submodule(block, attention.output.rsplit(".", 1)[0]) if "." in attention.output else block
     new_heads, new_kv = len(kept_q), len(kept_kv)
     for name in HEAD_COUNT_ATTRIBUTES:
         if isinstance(getattr(module, name, None), int):
@@ -150,11 +165,7 @@ def remove_heads(block: nn.Module, layout: FamilyLayout, sizes: tuple[int, int, 
     # Some attention code (Phi-3's qkv split) reads head counts from the config it holds; the model's
     # shared config still describes the unshrunk blocks until finalize, so this block gets its own.
     if getattr(module, "config", None) is not None:
-        module.config = copy.copy(module.config)
-        module.config.num_attention_heads = new_heads
-        if layout.kv_heads_key:
-            setattr(module.config, layout.kv_heads_key, new_kv)
-        setattr(module.config, layout.head_dim_key, head_dim)
+        module.config, _ = shrunk_config(module.config, replace(layout, mlp_consumer=None), 0, new_heads, new_kv, [])
 
 
 def remove_blocks(model: nn.Module, layout: FamilyLayout, removed: list[int]) -> None:
