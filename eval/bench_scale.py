@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llmprune.process import cpu_name  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -118,21 +121,11 @@ def main() -> None:
                     **result,
                 })
     settings = {"nsamples": args.nsamples, "seqlen": args.seqlen, "dtype": args.dtype, "threads": args.threads,
-                "calibration": args.calibration, "cpu": _cpu(), "note": "shared machine (other jobs running beside)"}
+                "calibration": args.calibration, "cpu": cpu_name(), "note": "shared machine (other jobs running beside)"}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     Path(args.output + ".md").write_text(markdown(rows, settings))
     print(markdown(rows, settings))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def markdown(rows: list[dict], settings: dict) -> str:

@@ -72,6 +72,17 @@ def return_freed_memory() -> None:
         pass
 
 
+def cpu_name() -> str:
+    """The processor's model name (what benchmark results say they ran on)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict[str, str]:
     import transformers
 
