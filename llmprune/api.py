@@ -214,7 +214,7 @@ def _run_in_memory(options: RunOptions) -> dict:
             model, tokenizer, ppl=options.ppl, tasks=options.tasks, seqlen=options.eval_seqlen,
             max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4,
             num_fewshot=options.num_fewshot, progress=options.progress,
-            limit=int(options.limit) if options.limit and options.limit >= 1 else options.limit,  # lm-eval: float = fraction
+            limit=options.limit,
         )
     if evaluation:
         report["eval"] = evaluation

@@ -174,3 +174,11 @@ def test_offline_tasks_run_on_a_tiny_model(offline_cache):
     assert 0 <= tasks["wiki_next"]["acc_norm"] <= 1
     assert 1 < tasks["wiki_lastword"]["perplexity"] < float("inf")  # exp(mean NLL of the 4 target words)
     assert tasks["rt_sentiment"]["acc"] * 4 == int(tasks["rt_sentiment"]["acc"] * 4)  # a count of 4 answers
+
+
+def test_lm_eval_limit_turns_whole_floats_into_counts_and_keeps_fractions():
+    from llmprune.evaluate.harness import lm_eval_limit
+
+    assert lm_eval_limit(200.0) == 200 and isinstance(lm_eval_limit(200.0), int)
+    assert lm_eval_limit(1.0) == 1 and isinstance(lm_eval_limit(1.0), int)
+    assert lm_eval_limit(0.25) == 0.25 and lm_eval_limit(None) is None

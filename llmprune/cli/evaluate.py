@@ -60,14 +60,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser, prune_command: bool = Fa
 
 def eval_options(args: argparse.Namespace) -> dict:
     """``evaluate()`` keyword arguments from parsed flags (absent flags keep evaluate's defaults)."""
-    limit = getattr(args, "limit", None)
-    if limit is not None and limit >= 1:
-        limit = int(limit)  # lm-eval reads a float as a fraction only below 1
     options = {
         "ppl": getattr(args, "ppl", None),
         "tasks": getattr(args, "tasks", None),
         "num_fewshot": getattr(args, "num_fewshot", None),
-        "limit": limit,
+        "limit": getattr(args, "limit", None),
         "max_windows": getattr(args, "eval_windows", None),
         "progress": getattr(args, "progress", None) is not False,
     }

@@ -113,6 +113,11 @@ def prepare_tasks(tasks: str | list[str], num_fewshot: int | None = None, limit:
     return names, manager
 
 
+def lm_eval_limit(limit: int | float | None) -> int | float | None:
+    """lm-eval reads a float as a fraction of each task's documents only below 1: 200.0 becomes 200."""
+    return int(limit) if limit is not None and limit >= 1 else limit
+
+
 def run_tasks(
     model,
     tokenizer,
@@ -128,6 +133,7 @@ def run_tasks(
 
     ``limit``: at most this many documents per task (a float in (0, 1) is a fraction).
     """
+    limit = lm_eval_limit(limit)
     names, manager = prepare_tasks(tasks, num_fewshot, limit)
 
     from lm_eval import simple_evaluate

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..anatomy import model_max_length
 from ..process import versions
 from ..errors import LLMPruneError
-from .harness import DEFAULT_BOOTSTRAP, parse_tasks, prepare_tasks, run_tasks
+from .harness import DEFAULT_BOOTSTRAP, lm_eval_limit, parse_tasks, prepare_tasks, run_tasks
 from .perplexity import eval_windows, perplexity
 
 RESULTS_FORMAT = 1
@@ -61,6 +61,7 @@ def evaluate(
     """
     sources = parse_sources(ppl)
     task_names = parse_tasks(tasks)
+    limit = lm_eval_limit(limit)
     if not sources and not task_names:
         raise LLMPruneError("nothing to evaluate: give perplexity sources (--ppl) and/or lm-eval tasks (--tasks)")
     context = model_max_length(model)

@@ -345,11 +345,6 @@ def task_data_files(task: str, rebuild: bool = False) -> dict[str, str]:
     return {split: str((folder / f"{split}.jsonl").resolve()) for split in splits}
 
 
-def build_all(rebuild: bool = False) -> dict[str, dict[str, str]]:
-    """Generate every offline task's data (the set-up step; first use does it too)."""
-    return {task: task_data_files(task, rebuild) for task in OFFLINE_TASKS}
-
-
 def load_task_dataset(task: str, **_metadata):
     """A ``datasets.DatasetDict`` for ``task``; the ``custom_dataset`` hook of the committed YAMLs.
 

@@ -63,11 +63,10 @@ def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
     if options.ppl or options.tasks:
         from ..evaluate import evaluate
 
-        limit = options.limit
         evaluation["results"] = evaluate(
             loaded, tokenizer, ppl=options.ppl, tasks=options.tasks, seqlen=options.eval_seqlen,
             max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4, num_fewshot=options.num_fewshot,
-            progress=options.progress, limit=int(limit) if limit and limit >= 1 else limit,
+            progress=options.progress, limit=options.limit,
         )
     if evaluation:
         report["eval"] = evaluation
