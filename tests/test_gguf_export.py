@@ -376,3 +376,20 @@ def test_rope_scaling_linear_written_other_kinds_refused():
     odd = transformers.Gemma2Config(**BASE, query_pre_attn_scalar=64)
     with pytest.raises(LLMPruneError, match="query_pre_attn_scalar"):
         hyperparameters(odd, family_for(odd))
+
+
+def test_the_source_gguf_of_every_alias_is_found_or_none_never_an_error(tmp_path, monkeypatch):
+    """A report records its source GGUF after all the work: the 1.5B alias (assembled from part packages)
+    and an alias whose package is missing must not fail the save."""
+    from llmprune.io.assembly import QWEN_CODER
+    from llmprune.io.gguf_export import source_gguf_of
+    from llmprune.io.loading import ALIASES
+
+    monkeypatch.setenv("LLMPRUNE_CACHE", str(tmp_path))
+    assert source_gguf_of("qwen-coder") is None  # not assembled here
+    QWEN_CODER.cached_file().parent.mkdir(parents=True)
+    QWEN_CODER.cached_file().write_bytes(b"GGUF")
+    assert source_gguf_of("qwen-coder") == QWEN_CODER.cached_file().resolve()
+    assert source_gguf_of("llama").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setitem(ALIASES, "gone", type(ALIASES["llama"])("no_such_asset_package", "x.gguf", "gone"))
+    assert source_gguf_of("gone") is None

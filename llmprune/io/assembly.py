@@ -40,6 +40,10 @@ class PartedModel:
     def cached_file(self) -> Path:
         return cache_dir() / "models" / self.file_name
 
+    def source_file(self) -> Path:
+        """The assembled file (where it would be: it may not be assembled yet)."""
+        return self.cached_file()
+
 
 QWEN_CODER = PartedModel(
     name="qwen-coder",

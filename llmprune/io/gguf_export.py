@@ -80,13 +80,16 @@ def read_json(path: Path) -> dict:
 
 def source_gguf_of(spec: str | None, depth: int = 0) -> Path | None:
     """The GGUF file a model given as ``spec`` (alias, .gguf file, or a folder llmprune wrote) came from."""
-    from .loading import ALIASES, package_dir
+    from .loading import ALIASES
 
     if not spec or depth > 8:
         return None
     bundled = ALIASES.get(str(spec).lower())
     if bundled is not None:
-        path = package_dir(bundled.package) / bundled.relative_path
+        try:
+            path = bundled.source_file()
+        except LLMPruneError:  # its package is gone: the report then names no source (never fail a save on it)
+            return None
         return path.resolve() if path.suffix == ".gguf" and path.is_file() else None
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" and path.is_file():

