@@ -393,3 +393,12 @@ def test_the_source_gguf_of_every_alias_is_found_or_none_never_an_error(tmp_path
     assert source_gguf_of("llama").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     monkeypatch.setitem(ALIASES, "gone", type(ALIASES["llama"])("no_such_asset_package", "x.gguf", "gone"))
     assert source_gguf_of("gone") is None
+
+
+def test_the_option_lists_name_what_the_writers_accept():
+    """The CLI's choices live in the torch-free options module; the writers keep their own tables."""
+    from llmprune import options
+    from llmprune.io import gguf_export, writer
+
+    assert tuple(gguf_export.GGUF_TYPES) == options.GGUF_TYPES
+    assert writer.SAVE_FORMATS == options.SAVE_FORMATS
