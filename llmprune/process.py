@@ -57,6 +57,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
+def peak_gpu_mb() -> float | None:
+    """Peak memory this process took on the CUDA device through PyTorch, in MiB (None when CUDA was never used).
+
+    Resident memory says nothing of the device's: a run with ``--device cuda`` reports both.
+    """
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def return_freed_memory() -> None:
     """Hand memory freed by Python back to the OS (glibc keeps it otherwise).
 

@@ -10,7 +10,7 @@ import time
 from torch import nn
 
 from .anatomy import block_weights, find_blocks, router_weights
-from .process import peak_rss_mb, versions
+from .process import peak_gpu_mb, peak_rss_mb, versions
 
 # Below this share of the blocks' matrix parameters pruned, the run warns (e.g. a family whose main
 # weights are not linear layers, or an --ignore that leaves out most of the model).
@@ -88,6 +88,7 @@ def prune_report(model: nn.Module, method, target, layers: dict[str, float], siz
         "ignore": ignore,
         "prune_seconds": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": peak_gpu_mb(),
         "versions": versions(),
         "coverage": coverage(model, sizes),
         "layers": layers,

@@ -43,6 +43,7 @@ def print_summary(report: dict) -> None:
         f"{report['total_sparsity']:.2%} of {len(report['layers'])} layers' weights are zero "
         f"({share:.1%} of the blocks' matrix parameters), "
         f"{report['prune_seconds']:.1f} s, peak memory {report['peak_rss_mb']:.0f} MiB"
+        + (f", peak GPU memory {report['peak_gpu_mb']:.0f} MiB" if report.get("peak_gpu_mb") is not None else "")
     )
     ppl = report.get("eval", {})
     if "ppl_before" in ppl:

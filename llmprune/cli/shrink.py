@@ -45,6 +45,7 @@ def print_summary(report: dict) -> None:
         f"\nshrunk {report['model']} ({','.join(report['units'])}, {report['score']}): removed "
         f"{report['ratio_reached']:.1%} of the blocks' parameters (asked {report['ratio']:.1%}); parameters {params['before']:,} -> {params['after']:,}; "
         f"kept {report['kept']}; {report['shrink_seconds']:.1f} s, peak memory {report['peak_rss_mb']:.0f} MiB"
+        + (f", peak GPU memory {report['peak_gpu_mb']:.0f} MiB" if report.get("peak_gpu_mb") is not None else "")
     )
     if report["removed_blocks"]:
         print(f"removed blocks: {report['removed_blocks']}")

@@ -287,7 +287,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     ids) replace the calibration text.
     """
     from ..calibration import calibration_chunks
-    from ..process import peak_rss_mb, versions
+    from ..process import peak_gpu_mb, peak_rss_mb, versions
 
     options = with_overrides(options, **overrides)
     options.validate()
@@ -368,6 +368,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
                         "seqlen": seqlen if needs_data else 0, "seed": options.seed, "chunks": len(chunks) if chunks else 0},
         "shrink_seconds": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": peak_gpu_mb(),
         "versions": versions(),
     }
     if distilled is not None:
