@@ -40,16 +40,24 @@ LAYER_SHAPES = {"135M q/o": (576, 576), "135M up": (1536, 576), "135M down": (57
 TOKENS = (16, 128, 1024, 4096, 16384)
 
 
+def safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
 def run_cli(args: list[str], log: Path, env: dict | None = None, timeout: int = 900) -> dict:
-    """One ``llmprune`` command in its own process: exit code, wall seconds, its last lines."""
+    """One ``llmprune`` command in its own process: exit code, wall seconds, its last lines (printed at once)."""
+    log = log.with_name(safe_name(log.name))
+    # Four commands share the machine's cores at a time: threads beyond a share only oversubscribe them.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 4) // 4)), **(env or {})}
     started = time.perf_counter()
     with open(log, "w") as out:
         try:
             code = subprocess.run([sys.executable, "-m", "llmprune", *args], stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **(env or {})}, timeout=timeout).returncode
+                                  env={**os.environ, **env}, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     lines = log.read_text(errors="replace").strip().splitlines()
+    print(f"[{time.perf_counter() - started:6.1f} s] rc {code}: llmprune {' '.join(args)[:150]}", flush=True)
     return {"command": "llmprune " + " ".join(args), "rc": code, "wall_s": round(time.perf_counter() - started, 1),
             "tail": lines[-6:]}
 

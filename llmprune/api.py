@@ -141,12 +141,13 @@ def save_pretrained(model, tokenizer, output_dir: str | Path, report: dict | Non
 
 
 def _wikipedia_ppl(model, tokenizer, options: RunOptions) -> float:
-    from .evaluate.perplexity import perplexity
+    from .evaluate.perplexity import evaluation_device, perplexity
 
-    result = perplexity(
-        model, tokenizer, source="wikipedia", split="test", seqlen=options.eval_seqlen,
-        max_windows=options.eval_windows, progress=options.progress,
-    )
+    with evaluation_device(model, resolve_device(options.device)):
+        result = perplexity(
+            model, tokenizer, source="wikipedia", split="test", seqlen=options.eval_seqlen,
+            max_windows=options.eval_windows, progress=options.progress,
+        )
     return result.ppl
 
 
@@ -209,13 +210,15 @@ def _run_in_memory(options: RunOptions) -> dict:
         evaluation.update({"dataset": "wikipedia:test", "seqlen": options.eval_seqlen, "windows": options.eval_windows})
     if options.ppl or options.tasks:
         from .evaluate import evaluate
+        from .evaluate.perplexity import evaluation_device
 
-        evaluation["results"] = evaluate(
+        with evaluation_device(model, resolve_device(options.device)):
+            evaluation["results"] = evaluate(
             model, tokenizer, ppl=options.ppl, tasks=options.tasks, seqlen=options.eval_seqlen,
-            max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4,
-            num_fewshot=options.num_fewshot, progress=options.progress,
-            limit=options.limit,
-        )
+                max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4,
+                num_fewshot=options.num_fewshot, progress=options.progress,
+                limit=options.limit,
+            )
     if evaluation:
         report["eval"] = evaluation
     if options.output:

@@ -13,8 +13,11 @@ float32 tensor is ever built.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -140,6 +143,34 @@ def _batch_nll_sum(model, batch: torch.Tensor, fast: bool) -> float:
         logits = model(input_ids=batch[row : row + 1], use_cache=False).logits[0, :-1].float()
         total += F.cross_entropy(logits, targets[row], reduction="sum").double().cpu()
     return float(total)
+
+
+@contextmanager
+def evaluation_device(model, device: str | None) -> Iterator[None]:
+    """Score ``model`` on ``device`` and put it back where it was afterwards.
+
+    The pruning engine keeps a model on the CPU between blocks (only the block being pruned sits on
+    the accelerator), so without this a ``--device cuda`` run would measure its perplexity on the CPU.
+    A model that does not fit on the device is scored where it is, with one line saying so.
+    """
+    home = next(model.parameters()).device
+    if device is None or home.type in ("meta", torch.device(device).type):
+        yield
+        return
+    try:
+        model.to(device)
+    except torch.cuda.OutOfMemoryError:
+        model.to(home)
+        torch.cuda.empty_cache()
+        print(f"llmprune: the model does not fit on {device} for evaluation; evaluating on {home}", file=sys.stderr)
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.to(home)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @torch.no_grad()

@@ -51,7 +51,7 @@ def global_magnitude_masks(params: dict[str, torch.Tensor], target: float, curre
         # ranked on the CPU, where the masks live, whatever device the weights are on
         score = p.detach().abs().float().flatten().cpu()
         if current is not None:
-            score = torch.where(current[name].flatten(), score, torch.full_like(score, -1.0))
+            score = torch.where(current[name].flatten().cpu(), score, torch.full_like(score, -1.0))
         scores.append(score)
     flat = torch.cat(scores)
     k = _count_to_prune(params, target)

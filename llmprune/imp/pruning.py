@@ -20,7 +20,7 @@ def shuffle_within_layers(masks: Masks, seed: int) -> Masks:
     generator = torch.Generator().manual_seed(seed)
     shuffled = {}
     for name, mask in masks.items():
-        flat = mask.flatten()
+        flat = mask.flatten().cpu()  # masks live on the CPU, whatever device a stacked run trains on
         shuffled[name] = flat[torch.randperm(flat.numel(), generator=generator)].view(mask.shape).clone()
     return shuffled
 

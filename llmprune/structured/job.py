@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import LLMPruneError
+from ..evaluate.perplexity import evaluation_device, perplexity
+from ..process import resolve_device
 from .options import ShrinkRunOptions
 from .plan import plan_shrink
 from .run import shrink
@@ -48,10 +50,9 @@ def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
     evaluation: dict = {}
 
     def wikipedia_ppl() -> float:
-        from ..evaluate.perplexity import perplexity
-
-        return perplexity(loaded, tokenizer, source="wikipedia", split="test", seqlen=options.eval_seqlen,
-                          max_windows=options.eval_windows, progress=options.progress).ppl
+        with evaluation_device(loaded, resolve_device(options.device)):
+            return perplexity(loaded, tokenizer, source="wikipedia", split="test", seqlen=options.eval_seqlen,
+                              max_windows=options.eval_windows, progress=options.progress).ppl
 
     if options.eval_ppl:
         evaluation["ppl_before"] = wikipedia_ppl()
@@ -63,11 +64,12 @@ def run_shrink(options: ShrinkRunOptions | None = None, **overrides) -> dict:
     if options.ppl or options.tasks:
         from ..evaluate import evaluate
 
-        evaluation["results"] = evaluate(
-            loaded, tokenizer, ppl=options.ppl, tasks=options.tasks, seqlen=options.eval_seqlen,
-            max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4, num_fewshot=options.num_fewshot,
-            progress=options.progress, limit=options.limit,
-        )
+        with evaluation_device(loaded, resolve_device(options.device)):
+            evaluation["results"] = evaluate(
+                loaded, tokenizer, ppl=options.ppl, tasks=options.tasks, seqlen=options.eval_seqlen,
+                max_windows=options.eval_windows, batch_size=options.eval_batch_size or 4,
+                num_fewshot=options.num_fewshot, progress=options.progress, limit=options.limit,
+            )
     if evaluation:
         report["eval"] = evaluation
     if options.output:
