@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import LLMPruneError
-from .masks import Masks
-from .options import LTHConfig, parse_hidden, parse_rewind
-from .pruning import GlobalRule, LayerwiseRule
-from .runner import IMPRunner, RunDir
+from ...errors import LLMPruneError
+from ..pruning_rules import GlobalRule, LayerwiseRule
+from ..runner import IMPRunner, RunDir
+from ..ticket_masks import Masks
+from ..ticket_options import parse_rewind
+from .lth_config import LTHConfig, parse_hidden
 from .stacked import StackedNet, stackable
 from .vision_data import Dataset, load_data
 from .vision_models import CONV_BLOCKS, build_model, glorot_gaussian_, prunable_weights
