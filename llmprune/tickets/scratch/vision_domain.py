@@ -175,6 +175,7 @@ class VisionDomain:
         optimiser = torch.optim.Adam(model.parameters(), lr=self.lr)
         x, y = self.data.train.x, self.data.train.y
         model.train()
+        # the loop hands over [jobs, batch] indices; this one job reads its row
         [curve] = self._train_loop(lambda batch: self.loss(model(x[batch[0]]), y[batch[0]]), optimiser,
                                    (weights, factors), [seed], desc, on_step, lambda: [self.evaluate(model)])
         return self._result(params, masks, curve)
