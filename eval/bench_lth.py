@@ -33,10 +33,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmprune.imp.lth import VisionDomain  # noqa: E402
-from llmprune.imp.pruning import LayerwiseRule  # noqa: E402
-from llmprune.imp.vision_data import load_data  # noqa: E402
-from llmprune.imp.vision_models import lenet_300_100, initialise, prunable_weights  # noqa: E402
+from llmprune.tickets.pruning_rules import LayerwiseRule  # noqa: E402
+from llmprune.tickets.scratch.vision_data import load_data  # noqa: E402
+from llmprune.tickets.scratch.vision_domain import VisionDomain  # noqa: E402
+from llmprune.tickets.scratch.vision_models import lenet_300_100, initialise, prunable_weights  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -126,7 +126,7 @@ def main() -> None:
                                      ["bench"] * jobs)
 
     def stacked_evaluation(jobs: int):
-        from llmprune.imp.stacked import StackedNet
+        from llmprune.tickets.scratch.stacked import StackedNet
         net = StackedNet([domain.new_model(seed) for seed in range(jobs)])
         return lambda: domain.evaluate_many(net)
 

@@ -93,14 +93,14 @@ MUTATIONS: tuple[Mutation, ...] = (
              "llmprune/structured/finalize.py",
              (("        if layout.kv_heads_key:\n            set_key(layout.kv_heads_key, kv_heads)\n", ""),),
              (SHRINK + "test_removing_a_whole_key_value_group_edits_the_config_and_the_folder_reloads",)),
-    # ---- lottery tickets (llmprune/imp/runner.py)
+    # ---- lottery tickets (llmprune/tickets/runner.py)
     Mutation("lth-controls-from-init", "lottery tickets: controls start from the initialisation, not the late-rewind point",
-             "llmprune/imp/runner.py",
+             "llmprune/tickets/runner.py",
              (("start = initial if r == 0 else self.rewind_state(seed, initial)",
                "start = initial if r == 0 or kind != self.ticket_kind else self.rewind_state(seed, initial)"),),
              (LTH + "test_controls_start_from_the_late_rewind_point",)),
     Mutation("lth-data-order-per-round", "lottery tickets: the data order changes every round",
-             "llmprune/imp/runner.py",
+             "llmprune/tickets/runner.py",
              (('self.domain.train(model, None if r == 0 else masks, seed, capture, f"{kind} r{r}")',
                'self.domain.train(model, None if r == 0 else masks, seed + r, capture, f"{kind} r{r}")'),),
              (LTH + "test_every_job_of_a_seed_sees_the_same_batches_in_the_same_order",)),

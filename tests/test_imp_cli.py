@@ -6,9 +6,9 @@ import torch
 
 from llmprune.cli import main
 from llmprune.errors import LLMPruneError
-from llmprune.imp.encoder import load_classifier
-from llmprune.imp.tasks import load_task, rt_polarity, wiki_topic
-from llmprune.imp.toy import synthetic_task_file, tiny_bert_folder
+from llmprune.tickets.bert.encoder import load_classifier
+from llmprune.tickets.bert.text_tasks import load_task, rt_polarity, wiki_topic
+from tests.imp_helpers import synthetic_task_file, tiny_bert_folder
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_local_task_files(tmp_path):
 
 
 def test_glue_without_hub_fails_at_once(monkeypatch, capsys, tmp_path):
-    from llmprune.imp import tasks
+    from llmprune.tickets.bert import text_tasks as tasks
 
     monkeypatch.setattr(tasks, "hub_offline", lambda: False)
     monkeypatch.setattr(tasks, "hub_reachable", lambda: False)

@@ -4,8 +4,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from llmprune.errors import LLMPruneError
-from llmprune.imp.encoder import prunable_parameters
-from llmprune.imp.masks import (apply_masks, global_magnitude_masks, load_masks, random_masks, save_masks,
+from llmprune.tickets.bert.encoder import prunable_parameters
+from llmprune.tickets.ticket_masks import (apply_masks, global_magnitude_masks, load_masks, random_masks, save_masks,
                                 sparsity)
 
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from llmprune.imp.metrics import compute_metrics, main_metric
+from llmprune.tickets.bert.task_metrics import compute_metrics, main_metric
 
 PRED = [1, 0, 1, 1]
 GOLD = [1, 1, 1, 0]

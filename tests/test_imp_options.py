@@ -8,7 +8,8 @@ import pytest
 from llmprune.cli import build_parser
 from llmprune.cli.dataclass_flags import options_from_args
 from llmprune.errors import LLMPruneError
-from llmprune.imp.options import IMPConfig, LTHConfig
+from llmprune.tickets.bert.imp_config import IMPConfig
+from llmprune.tickets.scratch.lth_config import LTHConfig
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 JOBS = [("imp", IMPConfig), ("lth", LTHConfig)]

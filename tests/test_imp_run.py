@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from llmprune.errors import LLMPruneError
-from llmprune.imp import bert, train
-from llmprune.imp.encoder import load_classifier, prunable_parameters
-from llmprune.imp.masks import load_masks
-from llmprune.imp.bert import run_imp
-from llmprune.imp.options import IMPConfig
-from llmprune.imp.toy import synthetic_task_file, tiny_bert_folder
+from llmprune.tickets.bert import bert_domain, fine_tuning
+from llmprune.tickets.bert.bert_domain import run_imp
+from llmprune.tickets.bert.encoder import load_classifier, prunable_parameters
+from llmprune.tickets.bert.imp_config import IMPConfig
+from llmprune.tickets.ticket_masks import load_masks
+from tests.imp_helpers import synthetic_task_file, tiny_bert_folder
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ class Recorder:
     """Wraps fine_tune: the weights each job starts from (before its mask) and ends with."""
 
     def __init__(self, monkeypatch, fail_on_call: int | None = None):
-        self.calls, self.fail_on_call, self.real = [], fail_on_call, train.fine_tune
-        monkeypatch.setattr(bert, "fine_tune", self)
+        self.calls, self.fail_on_call, self.real = [], fail_on_call, fine_tuning.fine_tune
+        monkeypatch.setattr(bert_domain, "fine_tune", self)
 
     def __call__(self, model, data, settings, masks, seed, on_step=None, desc=""):
         if self.fail_on_call is not None and len(self.calls) + 1 == self.fail_on_call:
@@ -87,7 +87,7 @@ def test_masks_hold_and_rewind_restores_pretrained(assets, tmp_path, monkeypatch
 
 def test_ticket_folder_holds_pretrained_weights_under_the_mask(assets, tmp_path, monkeypatch):
     # make every level "matching" so that the sparsest one becomes the ticket
-    monkeypatch.setattr(bert, "evaluate", lambda *a, **k: {"accuracy": 0.5, "f1": 0.5})
+    monkeypatch.setattr(bert_domain, "evaluate", lambda *a, **k: {"accuracy": 0.5, "f1": 0.5})
     report = run_imp(config(assets, tmp_path / "run"))
     assert report["highest_matching_sparsity"] == pytest.approx(0.2) and report["ticket"]
     saved = json.loads((tmp_path / "run" / "ticket" / "llmprune_report.json").read_text())

@@ -2,7 +2,7 @@
 import pytest
 
 from llmprune.errors import LLMPruneError
-from llmprune.imp.schedule import sparsity_schedule
+from llmprune.tickets.bert.schedule import sparsity_schedule
 
 
 def test_linear_ten_percent_of_original_per_round():

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmprune.imp.lth import VisionDomain, run_lth
-from llmprune.imp.options import LTHConfig
-from llmprune.imp.stacked import StackedNet
+from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.scratch.stacked import StackedNet
+from llmprune.tickets.scratch.vision_domain import VisionDomain, run_lth
 
 from lth_helpers import tiny_idx_folder, tiny_settings
 

@@ -7,8 +7,8 @@ import torch
 
 from llmprune.cli import main
 from llmprune.errors import LLMPruneError
-from llmprune.imp import vision_data
-from llmprune.imp.vision_data import load_data, read_idx
+from llmprune.tickets.scratch import vision_data
+from llmprune.tickets.scratch.vision_data import load_data, read_idx
 
 from lth_helpers import tiny_idx_folder, tiny_images, write_idx
 

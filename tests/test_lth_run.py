@@ -9,13 +9,13 @@ from safetensors.torch import load_file
 
 from llmprune.cli import main
 from llmprune.errors import LLMPruneError
-from llmprune.imp import lth
-from llmprune.imp.lth import VisionDomain, run_lth
-from llmprune.imp.masks import load_masks
-from llmprune.imp.options import LTHConfig
-from llmprune.imp.pruning import GlobalRule, LayerwiseRule
-from llmprune.imp.vision_data import load_data
-from llmprune.imp.vision_models import build_model, conv_net, initialise, lenet_300_100, prunable_weights
+from llmprune.tickets.pruning_rules import GlobalRule, LayerwiseRule
+from llmprune.tickets.scratch import vision_domain
+from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.scratch.vision_data import load_data
+from llmprune.tickets.scratch.vision_domain import VisionDomain, run_lth
+from llmprune.tickets.scratch.vision_models import build_model, conv_net, initialise, lenet_300_100, prunable_weights
+from llmprune.tickets.ticket_masks import load_masks
 
 from lth_helpers import tiny_idx_folder, tiny_settings
 
@@ -244,8 +244,8 @@ def test_cli_report_csv_plots_and_ticket(folder, tmp_path, capsys):
 
 def test_ticket_saved_at_the_deepest_matching_round(folder, tmp_path, monkeypatch):
     # every round scores the same, so every round matches and the sparsest is the ticket
-    real = lth.summarise_curve
-    monkeypatch.setattr(lth, "summarise_curve", lambda curve, regression: {**real(curve, regression),
+    real = vision_domain.summarise_curve
+    monkeypatch.setattr(vision_domain, "summarise_curve", lambda curve, regression: {**real(curve, regression),
                                                                            "test_accuracy": 0.5})
     report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run")))
     assert report["matching"]["down_to_round"] == 2 and report["ticket"]

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from llmprune.imp.lth import VisionDomain, run_lth
-from llmprune.imp.masks import load_masks
-from llmprune.imp.options import LTHConfig
-from llmprune.imp.stacked import StackedNet, stackable
-from llmprune.imp.vision_data import load_data
-from llmprune.imp.vision_models import build_model, prunable_weights
+from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.scratch.stacked import StackedNet, stackable
+from llmprune.tickets.scratch.vision_data import load_data
+from llmprune.tickets.scratch.vision_domain import VisionDomain, run_lth
+from llmprune.tickets.scratch.vision_models import build_model, prunable_weights
+from llmprune.tickets.ticket_masks import load_masks
 
 from lth_helpers import tiny_idx_folder, tiny_settings
 from test_lth_run import Recorder, SimulatedKill

@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score(model_spec: str, task_spec: str, eval_file: str | None = None, max_eval_samples: int | None = None,
           max_length: int = 128, batch_size: int = 128) -> dict:
-    from ..imp.encoder import load_classifier
-    from ..imp.features import Encoded
-    from ..imp.tasks import load_task, subsample
-    from ..imp.train import evaluate
+    from ..tickets.bert.encoder import load_classifier
+    from ..tickets.bert.features import Encoded
+    from ..tickets.bert.fine_tuning import evaluate
+    from ..tickets.bert.text_tasks import load_task, subsample
 
     task = load_task(task_spec, eval_file)
     model, tokenizer, _ = load_classifier(model_spec)

@@ -26,14 +26,14 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..imp.options import IMPConfig
+    from ..tickets.bert.imp_config import IMPConfig
 
     add_dataclass_arguments(parser, IMPConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..imp.bert import run_imp
-    from ..imp.options import IMPConfig
+    from ..tickets.bert.bert_domain import run_imp
+    from ..tickets.bert.imp_config import IMPConfig
 
     report = run_imp(options_from_args(IMPConfig, args))
     dense = report["dense"]

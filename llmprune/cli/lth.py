@@ -33,7 +33,7 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..imp.options import LTHConfig
+    from ..tickets.scratch.lth_config import LTHConfig
 
     add_dataclass_arguments(parser, LTHConfig)
 
@@ -44,8 +44,8 @@ def _cell(entry: dict, key: str, scale: float, form: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..imp.lth import run_lth
-    from ..imp.options import LTHConfig
+    from ..tickets.scratch.vision_domain import run_lth
+    from ..tickets.scratch.lth_config import LTHConfig
 
     report = run_lth(options_from_args(LTHConfig, args))
     key = report["score"]

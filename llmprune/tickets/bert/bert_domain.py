@@ -16,13 +16,14 @@ import torch
 
 from .encoder import load_classifier, prunable_parameters
 from .features import Encoded
-from .metrics import main_metric
-from .options import IMPConfig, parse_rewind
-from .pruning import GlobalRule
-from .runner import IMPRunner, RunDir
+from .task_metrics import main_metric
+from ..pruning_rules import GlobalRule
+from ..runner import IMPRunner, RunDir
+from ..ticket_options import parse_rewind
+from .imp_config import IMPConfig
 from .schedule import sparsity_schedule
-from .tasks import Task, load_task, subsample
-from .train import TrainSettings, evaluate, fine_tune
+from .text_tasks import Task, load_task, subsample
+from .fine_tuning import TrainSettings, evaluate, fine_tune
 
 # the report's names for the runner's control kinds
 BASELINE_KINDS = {"random-prune": "random-mask", "random-reinit": "reinit", "one-shot": "one-shot"}
@@ -79,8 +80,8 @@ class BertDomain:
 
 def run_imp(config: IMPConfig) -> dict:
     """Run (or resume) everything, then write the report, the plot and the winning ticket."""
-    from .report import build_report, write_report
-    from .ticket import save_ticket
+    from .imp_report import build_report, write_report
+    from .ticket_folder import save_ticket
 
     levels = sparsity_schedule(config.schedule, config.rounds, config.target_sparsity, config.rate)
     domain = BertDomain(config)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..errors import LLMPruneError
+from ...errors import LLMPruneError
 
 MAIN = {"accuracy": "accuracy", "f1": "f1", "matthews": "matthews", "correlation": "pearson"}
 

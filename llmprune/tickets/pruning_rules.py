@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LLMPruneError
-from .masks import Masks, global_magnitude_masks, random_masks
+from .ticket_masks import Masks, global_magnitude_masks, random_masks
 
 
 def shuffle_within_layers(masks: Masks, seed: int) -> Masks:

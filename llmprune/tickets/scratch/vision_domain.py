@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import LLMPruneError
-from .masks import Masks
-from .options import LTHConfig, parse_hidden, parse_rewind
-from .pruning import GlobalRule, LayerwiseRule
-from .runner import IMPRunner, RunDir
+from ...errors import LLMPruneError
+from ..pruning_rules import GlobalRule, LayerwiseRule
+from ..runner import IMPRunner, RunDir
+from ..ticket_masks import Masks
+from ..ticket_options import parse_rewind
+from .lth_config import LTHConfig, parse_hidden
 from .stacked import StackedNet, stackable
 from .vision_data import Dataset, load_data
 from .vision_models import CONV_BLOCKS, build_model, glorot_gaussian_, prunable_weights
@@ -172,40 +173,12 @@ class VisionDomain:
         factors = [masks[n].to(device=self.device, dtype=weights[i].dtype) for i, n in enumerate(names)]
         # a fresh Adam every job: moments left from an earlier round would move pruned weights
         optimiser = torch.optim.Adam(model.parameters(), lr=self.lr)
-        if weights:
-            with torch.no_grad():
-                torch._foreach_mul_(weights, factors)
-        x, y, count = self.data.train.x, self.data.train.y, len(self.data.train)
-        generator = torch.Generator().manual_seed(seed)
-        order, position = torch.randperm(count, generator=generator).to(self.device), 0
-        curve: dict[str, list] = {"iteration": []}
+        x, y = self.data.train.x, self.data.train.y
         model.train()
-        bar = tqdm(total=self.iterations, desc=desc, leave=False, disable=not self.progress, mininterval=1.0)
-        for step in range(1, self.iterations + 1):
-            if position + self.batch_size > count:  # a new epoch in a new order
-                order, position = torch.randperm(count, generator=generator).to(self.device), 0
-            batch = order[position:position + self.batch_size]
-            position += self.batch_size
-            loss = self.loss(model(x[batch]), y[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if weights:
-                with torch.no_grad():  # pruned weights back to exact zeros after every step
-                    torch._foreach_mul_(weights, factors)
-            if on_step is not None:
-                on_step(step)
-            if step % self.eval_every == 0 or step == self.iterations:
-                curve["iteration"].append(step)
-                for key, value in self.evaluate(model).items():
-                    curve.setdefault(key, []).append(value)
-                bar.update(step - bar.n)
-        bar.close()
-        result = {"steps": self.iterations, **summarise_curve(curve, self.regression), "curve": curve}
-        if masks is not None and sum(int(m.sum()) for m in masks.values()) <= SHOW_WEIGHTS_UP_TO:
-            result["surviving_weights"] = surviving_weights(params, masks)
-        return result
-
+        # the loop hands over [jobs, batch] indices; this one job reads its row
+        [curve] = self._train_loop(lambda batch: self.loss(model(x[batch[0]]), y[batch[0]]), optimiser,
+                                   (weights, factors), [seed], desc, on_step, lambda: [self.evaluate(model)])
+        return self._result(params, masks, curve)
 
     def stacks(self, model: nn.Module) -> bool:
         """Whether jobs of this network can train as one stacked model (``train_many``)."""
@@ -224,61 +197,90 @@ class VisionDomain:
         """
         jobs = len(models)
         net = StackedNet(models)
-        names = list(prunable_weights(models[0]))
-        masked = [n for n in names if any(m is not None for m in masks)]
-        weights = [net.params[n] for n in masked]
-        # one float factor per job and layer (ones for a dense job): pruned weights back to zero
-        shapes = {n: p.shape for n, p in prunable_weights(models[0]).items()}
-        factors = [net.stack(n, [torch.ones(shapes[n]) if m is None else m[n].float() for m in masks])
-                   .to(device=self.device, dtype=net.params[n].dtype) for n in masked]
         fused = self.device.type in ("cpu", "cuda")
         optimiser = torch.optim.Adam(list(net.params.values()), lr=self.lr, fused=fused)
-        if weights:
-            with torch.no_grad():
-                torch._foreach_mul_(weights, factors)
-        x, y, count = self.data.train.x, self.data.train.y, len(self.data.train)
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-
-        def new_orders() -> torch.Tensor:
-            return torch.stack([torch.randperm(count, generator=g) for g in generators]).to(self.device)
-
-        orders, position = new_orders(), 0
-        curves: list[dict[str, list]] = [{"iteration": []} for _ in range(jobs)]
+        x, y = self.data.train.x, self.data.train.y
         snapshots: list[dict | None] = [None] * jobs
-        bar = tqdm(total=self.iterations, desc=f"{descs[0]} and {jobs - 1} more" if jobs > 1 else descs[0], leave=False,
-                   disable=not self.progress, mininterval=1.0)
-        for step in range(1, self.iterations + 1):
+
+        def after_step(step: int) -> None:
+            if step == snapshot_step:
+                snapshots[:] = [net.job_state(k) for k in range(jobs)]
+
+        curves = self._train_loop(lambda batch: self.stacked_loss(net.forward(x[batch]), y[batch]), optimiser,
+                                  self._stacked_mask_factors(net, models[0], masks), seeds,
+                                  f"{descs[0]} and {jobs - 1} more" if jobs > 1 else descs[0], after_step,
+                                  lambda: self.evaluate_many(net))
+        net.write_back(models)
+        results = [self._result(prunable_weights(model), job_masks, curve)
+                   for model, job_masks, curve in zip(models, masks, curves)]
+        if snapshot_step:
+            for result, snapshot in zip(results, snapshots):
+                result["snapshot"] = snapshot
+        return results
+
+    def _stacked_mask_factors(self, net: StackedNet, model: nn.Module,
+                              masks: list[Masks | None]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The stacked weights under some job's mask, and one float factor per job and layer (ones for
+        a dense job): multiplying by it puts every job's pruned weights back to zero."""
+        shapes = {n: p.shape for n, p in prunable_weights(model).items()}
+        masked = [n for n in shapes if any(m is not None for m in masks)]
+        factors = [net.stack(n, [torch.ones(shapes[n]) if m is None else m[n].float() for m in masks])
+                   .to(device=self.device, dtype=net.params[n].dtype) for n in masked]
+        return [net.params[n] for n in masked], factors
+
+    def _batches(self, seeds: list[int]):
+        """Every step's batch indices of every job, [jobs, batch]: each job walks its own order, drawn
+        from its seed, and draws a new one when the next batch would run past the epoch's end."""
+        count = len(self.data.train)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        position = count  # draws the first order before the first batch
+        while True:
             if position + self.batch_size > count:  # a new epoch in a new order, for every job alike
-                orders, position = new_orders(), 0
-            batch = orders[:, position:position + self.batch_size]
+                orders = torch.stack([torch.randperm(count, generator=g) for g in generators]).to(self.device)
+                position = 0
+            yield orders[:, position:position + self.batch_size]
             position += self.batch_size
-            output = net.forward(x[batch])
-            loss = self.stacked_loss(output, y[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+
+    def _train_loop(self, batch_loss: Callable[[torch.Tensor], torch.Tensor], optimiser: torch.optim.Optimizer,
+                    masking: tuple[list[torch.Tensor], list[torch.Tensor]], seeds: list[int], desc: str,
+                    after_step: Callable[[int], None] | None,
+                    evaluate: Callable[[], list[dict[str, float]]]) -> list[dict[str, list]]:
+        """The iterations of one job or of K stacked jobs (``batch_loss`` of the [jobs, batch] indices),
+        with the masked weights multiplied back to exact zeros before the first step and after every
+        step; returns each job's curve of the scores ``evaluate`` gives every ``eval_every`` steps."""
+        weights, factors = masking
+
+        def zero_pruned() -> None:
             if weights:
                 with torch.no_grad():
                     torch._foreach_mul_(weights, factors)
-            if step == snapshot_step:
-                snapshots = [net.job_state(k) for k in range(jobs)]
+
+        zero_pruned()
+        curves: list[dict[str, list]] = [{"iteration": []} for _ in seeds]
+        bar = tqdm(total=self.iterations, desc=desc, leave=False, disable=not self.progress, mininterval=1.0)
+        for step, batch in zip(range(1, self.iterations + 1), self._batches(seeds)):
+            loss = batch_loss(batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            zero_pruned()  # pruned weights back to exact zeros after every step
+            if after_step is not None:
+                after_step(step)
             if step % self.eval_every == 0 or step == self.iterations:
-                for job, scores in enumerate(self.evaluate_many(net)):
-                    curves[job]["iteration"].append(step)
+                for curve, scores in zip(curves, evaluate()):
+                    curve["iteration"].append(step)
                     for key, value in scores.items():
-                        curves[job].setdefault(key, []).append(value)
+                        curve.setdefault(key, []).append(value)
                 bar.update(step - bar.n)
         bar.close()
-        net.write_back(models)
-        results = []
-        for job, (model, job_masks) in enumerate(zip(models, masks)):
-            result = {"steps": self.iterations, **summarise_curve(curves[job], self.regression), "curve": curves[job]}
-            if job_masks is not None and sum(int(m.sum()) for m in job_masks.values()) <= SHOW_WEIGHTS_UP_TO:
-                result["surviving_weights"] = surviving_weights(prunable_weights(model), job_masks)
-            if snapshot_step:
-                result["snapshot"] = snapshots[job]
-            results.append(result)
-        return results
+        return curves
+
+    def _result(self, params: dict, masks: Masks | None, curve: dict[str, list]) -> dict:
+        """One job's result: its early stop, its curve, and the surviving weights of a tiny ticket."""
+        result = {"steps": self.iterations, **summarise_curve(curve, self.regression), "curve": curve}
+        if masks is not None and sum(int(m.sum()) for m in masks.values()) <= SHOW_WEIGHTS_UP_TO:
+            result["surviving_weights"] = surviving_weights(params, masks)
+        return result
 
     def stacked_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The sum over jobs of each job's mean loss: job k's gradient is that of its own loss."""

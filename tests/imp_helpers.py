@@ -1,6 +1,6 @@
 """A tiny random BERT classifier folder and a small synthetic sentiment task.
 
-For tests and quick demos of the IMP machinery without the real model: everything is built
+For the `llmprune imp` and `glue` tests, without the real model: everything is built
 from a seed in well under a second.
 """
 from __future__ import annotations

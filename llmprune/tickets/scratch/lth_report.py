@@ -5,7 +5,7 @@ prunable weights left), ``early_stop_iteration`` (lowest validation loss), ``tes
 there and ``final_test_accuracy`` (RMSE instead of accuracy for regression), each with mean,
 min, max and std. A round matches the dense network when the ticket's mean test accuracy at
 the early stop is at least the dense mean minus one std over trials (the rule of
-``report.is_matching``); ``matching.down_to_remaining`` is the smallest share of weights
+``ticket_report.is_matching``); ``matching.down_to_remaining`` is the smallest share of weights
 down to which every round matches. Plots (as Frankle & Carbin's figures): test accuracy at
 the early stop and the early-stop iteration against the weights remaining, every arm, with
 min-max bars; learning curves (test accuracy against iteration) at chosen levels.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io.writer import write_folder_atomically
-from .report import is_matching, plot_levels, stats, write_csv
+from ...io.writer import write_folder_atomically
+from ..ticket_report import is_matching, plot_levels, stats, write_csv
 
 ARM_STYLES = {"ticket": ("C0", "o", "winning ticket (rewind)"), "reinit": ("C2", "^", "random re-init"),
               "random-mask": ("C1", "s", "random mask"), "one-shot": ("C3", "D", "one-shot pruning"),

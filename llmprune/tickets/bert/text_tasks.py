@@ -14,10 +14,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import wikipedia_split
-from ..errors import LLMPruneError
-from ..evaluate.corpora import hub_offline, hub_reachable
-from ..paths import package_dir
+from ...data import wikipedia_split
+from ...errors import LLMPruneError
+from ...evaluate.corpora import hub_offline, hub_reachable
+from ...paths import package_dir
 
 Example = tuple  # (text_a: str, text_b: str | None, label: int | float)
 
@@ -26,7 +26,7 @@ Example = tuple  # (text_a: str, text_b: str | None, label: int | float)
 class Task:
     name: str
     num_labels: int  # 1 = regression (STS-B)
-    metric: str  # a metric family understood by llmprune.imp.metrics
+    metric: str  # a metric family understood by llmprune.tickets.bert.task_metrics
     train: list
     eval_sets: dict  # split name -> examples; the first one is the primary
     label_names: list = field(default_factory=list)

@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .features import Encoded, eval_loader, train_loader
-from .masks import Masks, apply_masks
-from .metrics import compute_metrics
+from ..ticket_masks import Masks, apply_masks
+from .task_metrics import compute_metrics
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from ..io.writer import save_pruned_model
-from .masks import Masks, apply_masks
+from ...io.writer import save_pruned_model
+from ..ticket_masks import Masks, apply_masks
 
 
 def writer_supports_sparse() -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import LLMPruneError
+from ...errors import LLMPruneError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -120,7 +120,7 @@ def mnist1d_arrays() -> dict[str, np.ndarray]:
 
 
 def hub_arrays(name: str) -> dict[str, np.ndarray]:
-    from ..evaluate.corpora import hub_offline, hub_reachable
+    from ...evaluate.corpora import hub_offline, hub_reachable
 
     repo, image_key, label_key = HUB_DATASETS[name]
     hint = "offline, use --data fashion-mnist, mnist1d or a folder of IDX files / a data.npz"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import LLMPruneError
-from ..io.loading import is_sparse_folder, load_pretrained
-from ..io.loading import resolve_model_path
+from ...errors import LLMPruneError
+from ...io.loading import is_sparse_folder, load_pretrained
+from ...io.loading import resolve_model_path
 
 # Attribute paths (below the base model) of the encoder's layer list, by family.
 ENCODER_LAYER_PATHS = (

@@ -8,16 +8,18 @@ weights come from (``CONTROL_KINDS``): the ticket's mask with fresh weights (``r
 random mask with the rewind weights (``random-mask``), the dense model's one-shot mask with
 the rewind weights (``one-shot``), a per-layer shuffle of the ticket's mask with fresh weights
 (``permuted``). What differs between domains (model, data, training loop, metric, fresh
-initialisation) is the domain object; see ``bert.py`` and ``lth.py``.
+initialisation) is the domain object; see ``bert/bert_domain.py`` and
+``scratch/vision_domain.py``.
 
 Every job writes into its own folder under the run folder, ``metrics.json`` last, so a killed
 run started again with the same command skips what is finished and redoes only the job that
 was cut off; every job seeds its own randomness, so redoing it gives the same numbers.
 
-A domain with ``train_many`` (``lth.py``) trains independent jobs as one stacked model: stage r
-holds every seed's ticket of round r and its controls of round r (they need only the mask the
-ticket of round r - 1 derived), cut into fixed chunks of ``parallel_jobs``; a chunk cut off by a
-kill trains again whole, so every job is redone in the same company.
+A domain with ``train_many`` (``scratch/vision_domain.py``) trains independent jobs as one
+stacked model: stage r holds every seed's ticket of round r and its controls of round r (they
+need only the mask the ticket of round r - 1 derived), cut into fixed chunks of
+``parallel_jobs``; a chunk cut off by a kill trains again whole, so every job is redone in the
+same company.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import LLMPruneError
-from .masks import Masks, dense_masks, load_masks, save_masks
-from .pruning import kept, shuffle_within_layers
+from .ticket_masks import Masks, dense_masks, load_masks, save_masks
+from .pruning_rules import kept, shuffle_within_layers
 
 RUN_FILE = "run.json"
 # control -> (where its mask comes from, where its weights come from)

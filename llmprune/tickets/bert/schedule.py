@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import LLMPruneError
+from ...errors import LLMPruneError
 
 DEFAULT_RATE = {"linear": 0.10, "geometric": 0.20}
 LINEAR_CAP = 0.90  # the linear schedule stops at 90% unless a target says otherwise
