@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = "llmprune"
-TOP_FLOORS = ("cli", "api")  # only these may import from above the rest
+TOP_FLOORS = ("cli", "api", "__main__")  # only these may import from above the rest (__main__: `python -m llmprune`)
 
 
 def module_name(path: Path, root: Path) -> str:
