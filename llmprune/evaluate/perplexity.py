@@ -157,14 +157,14 @@ def evaluation_device(model, device: str | None) -> Iterator[None]:
     if device is None or home.type in ("meta", torch.device(device).type):
         yield
         return
-    try:
-        model.to(device)
-    except torch.cuda.OutOfMemoryError:
-        model.to(home)
-        torch.cuda.empty_cache()
-        print(f"llmprune: the model does not fit on {device} for evaluation; evaluating on {home}", file=sys.stderr)
+    needed = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = torch.cuda.mem_get_info(device)[0] if torch.device(device).type == "cuda" else needed
+    if needed > 0.8 * free:  # leave room for the activations; a 70B streamed run stays on the host
+        print(f"llmprune: the model ({needed / 2**30:.1f} GiB) does not fit on {device} for evaluation "
+              f"({free / 2**30:.1f} GiB free); evaluating on {home}", file=sys.stderr)
         yield
         return
+    model.to(device)
     try:
         yield
     finally:
