@@ -100,13 +100,25 @@ def lowest_units(unit_scores: torch.Tensor, n_remove: int, clusters: list[int] |
     return sorted(removed)
 
 
-def damped_inverse(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """(H + damp * mean(diag H) I)^-1, through a Cholesky factorisation in float64 (H is symmetric
-    positive definite once damped; float64 because calibration Hessians span many magnitudes)."""
+def damped_inverse(hessian: torch.Tensor, damp: float, max_tries: int = 6) -> torch.Tensor:
+    """(H + damp * mean(diag H) I)^-1, through a Cholesky factorisation in float64 (float64 because
+    calibration Hessians span many magnitudes).
+
+    H = X^T X is positive semi-definite in exact arithmetic, but accumulated in float32 from inputs with
+    massive activations (Qwen2.5's MLP, a few channels in the thousands) and fewer tokens than columns it
+    can come out slightly indefinite, beyond what the damping covers: the damping is then raised tenfold
+    until the factorisation succeeds, as SparseGPT does.
+    """
     h = hessian.double()
     jitter = damp * float(h.diagonal().mean().clamp_min(1e-12))
-    factor = torch.linalg.cholesky(h + jitter * torch.eye(h.shape[0], dtype=h.dtype, device=h.device))
-    return torch.cholesky_inverse(factor)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for _ in range(max_tries):
+        factor, info = torch.linalg.cholesky_ex(h + jitter * eye)
+        if info.item() == 0:
+            return torch.cholesky_inverse(factor)
+        jitter *= 10
+    raise LLMPruneError("shrink: a layer's input Hessian stayed indefinite after raising the damping "
+                        "a millionfold; use more calibration data (--nsamples) or --score wanda")
 
 
 # The greedy choice removes this many rounds' worth of units at most: channels go in batches of
