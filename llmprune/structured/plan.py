@@ -35,25 +35,10 @@ from .blocks import bridge_unavailable
 from .checks import config_error, forward_error, plan_error
 from .finalize import shrunk_config
 from .layouts import FamilyLayout, find_layout
-from .units import HEADS, UNITS, Choice, PlanContext, Shape, in_plan_order
+from .units import HEADS, UNITS, Choice, PlanContext, Shape, UnitCosts, in_plan_order
 
 # The reached ratio should be within this of the asked one wherever the units' steps allow it.
 RATIO_TOLERANCE = 0.02
-
-
-@dataclass
-class UnitCosts:
-    """Parameters one unit of each kind holds in one block, and the model's sizes (each unit's ``costs``)."""
-
-    blocks: int
-    block_params: int
-    intermediate: int  # 0: no MLP unit
-    channel_params: int
-    heads: int  # 0: no attention unit
-    kv_heads: int
-    head_dim: int
-    q_head_params: int  # a query head's q rows, o columns and norm channels
-    kv_head_params: int  # a key/value head's k and v rows and norm channels
 
 
 @dataclass
@@ -72,6 +57,11 @@ class ShrinkPlan:
     @property
     def reached(self) -> float:
         return self.removed_params / self.total_params
+
+    @property
+    def shape(self) -> Shape:
+        """The kept widths of every surviving block (what the width units are shrunk to)."""
+        return Shape(self.intermediate, self.heads, self.kv_heads)
 
 
 def unit_costs(model: nn.Module, layout: FamilyLayout) -> UnitCosts:

@@ -108,7 +108,7 @@ class _BlockLoop:
         self.removed_blocks = removed_blocks
         # attention before the MLP, so the MLP's statistics see the shrunk attention
         self.units = [UNITS[name] for name in in_plan_order(UNITS)
-                      if isinstance(UNITS[name], WidthUnit) and UNITS[name].changes(layout, plan, self.blocks[0])]
+                      if isinstance(UNITS[name], WidthUnit) and UNITS[name].changes(layout, plan.shape, self.blocks[0])]
         refit_teacher = inputs and options.teacher_refit() and self.units
         self.teacher = [item.hidden.clone() for item in inputs] if refit_teacher else None
         self.records: dict[int, dict] = {}
@@ -140,7 +140,7 @@ class _BlockLoop:
             dense_inputs, dense_outputs = run_dense_recording(block, self.inputs, self.teacher, consumers)
             propagate_hidden(self.teacher, dense_outputs)
         options = self.options
-        stages = [_Stage(block, consumer, unit.shrinker(block, self.layout, self.plan, options.score, options.compensate,
+        stages = [_Stage(block, consumer, unit.shrinker(block, self.layout, self.plan.shape, options.score, options.compensate,
                                                         options.damp, record), dense_inputs.get(consumer))
                   for unit, consumer in zip(self.units, consumers)]
         return run_stages(block, stages, self.inputs)
@@ -284,19 +284,20 @@ class _Shrunk:
     records: dict[int, dict]
     bridge_note: str | None
     config_changes: dict
-    distilled: dict | None = None
+    distilled: dict | None
 
 
-def _finalize(model: nn.Module, dense: nn.Module | None, shrunk: _Shrunk, device) -> None:
-    """Drop the removed blocks, write the config, and (optionally) distil the shrunk model towards the dense one."""
-    plan, options = shrunk.plan, shrunk.options
-    BLOCKS.remove(model, shrunk.layout, shrunk.ranking.removed)
-    shrunk.config_changes = finalize_config(model, shrunk.layout, plan.intermediate, plan.heads, plan.kv_heads,
-                                            shrunk.ranking.removed)
-    if dense is not None:
-        shrunk.distilled = distill(model, dense, torch.cat(list(shrunk.calibration.chunks)), int(options.distill_steps),
-                                   float(options.distill_lr), int(options.distill_batch_size), device, options.seed,
-                                   options.progress)
+def _finalize(model: nn.Module, dense: nn.Module | None, layout: FamilyLayout, plan: ShrinkPlan, removed: list[int],
+              chunks: list[torch.Tensor] | None, options: ShrinkOptions, device) -> tuple[dict, dict | None]:
+    """Drop the removed blocks, write the config, and (with ``dense``) distil the shrunk model towards the dense one;
+    returns the config changes and the distillation's report."""
+    BLOCKS.remove(model, layout, removed)
+    config_changes = finalize_config(model, layout, plan.intermediate, plan.heads, plan.kv_heads, removed)
+    if dense is None:
+        return config_changes, None
+    distilled = distill(model, dense, torch.cat(list(chunks)), int(options.distill_steps), float(options.distill_lr),
+                        int(options.distill_batch_size), device, options.seed, options.progress)
+    return config_changes, distilled
 
 
 def _report(model: nn.Module, shrunk: _Shrunk, before: dict, started: float, steps: list[BlockStep]) -> dict:
@@ -389,8 +390,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     records = shrink_blocks(Lifecycle(model, device=device, progress=options.progress), layout, plan,
                             [] if inputs is None else inputs, ranking.removed, options, steps)
     del inputs
-    shrunk = _Shrunk(layout, costs, plan, options, calibration, ranking, records, bridge_note, {})
-    _finalize(model, dense, shrunk, device)
+    config_changes, distilled = _finalize(model, dense, layout, plan, ranking.removed, calibration.chunks, options, device)
     del dense
     model.train(was_training)
+    shrunk = _Shrunk(layout, costs, plan, options, calibration, ranking, records, bridge_note, config_changes, distilled)
     return _report(model, shrunk, before, started, steps)

@@ -5,7 +5,7 @@ options (``--units``) and the block loop read the names from ``UNITS``.
 """
 from __future__ import annotations
 
-from .base import Choice, Groups, PlanContext, Shape, Unit, WidthUnit
+from .base import Choice, Groups, PlanContext, Shape, Unit, UnitCosts, WidthUnit
 from .blocks import BLOCKS, BlockRanking, WholeBlocks
 from .heads import HEADS, AttentionHeads
 from .mlp import MLPChannels
@@ -30,4 +30,4 @@ def in_plan_order(names) -> tuple[str, ...]:
 
 
 __all__ = ["BLOCKS", "HEADS", "UNITS", "AttentionHeads", "BlockRanking", "Choice", "Groups", "MLPChannels", "PlanContext",
-           "Shape", "Unit", "WholeBlocks", "WidthUnit", "in_plan_order", "register"]
+           "Shape", "Unit", "UnitCosts", "WholeBlocks", "WidthUnit", "in_plan_order", "register"]

@@ -33,6 +33,21 @@ from ..scores import InputStatistics, choose_units
 from ..surgery import submodule
 
 
+@dataclass
+class UnitCosts:
+    """Parameters one unit of each kind holds in one block, and the model's sizes (filled by each unit's ``costs``)."""
+
+    blocks: int
+    block_params: int
+    intermediate: int  # 0: no MLP unit
+    channel_params: int
+    heads: int  # 0: no attention unit
+    kv_heads: int
+    head_dim: int
+    q_head_params: int  # a query head's q rows, o columns and norm channels
+    kv_head_params: int  # a key/value head's k and v rows and norm channels
+
+
 @dataclass(frozen=True)
 class Shape:
     """The sizes of a shrunk model: what a plan chose, what finalize writes into the config."""
@@ -89,24 +104,24 @@ class Unit(ABC):
         """The unit's sizes and parameters per unit (fields of ``UnitCosts``); {} when it has none."""
         return {}
 
-    def check(self, costs, multiple_of: int, choices: list[Choice] | None) -> None:
+    def check(self, costs: UnitCosts, multiple_of: int, choices: list[Choice] | None) -> None:
         """Raise ``LLMPruneError`` when this unit cannot move at all in this model."""
 
-    def choices(self, costs, accepted: list[Choice] | None = None) -> list[Choice]:
+    def choices(self, costs: UnitCosts, accepted: list[Choice] | None = None) -> list[Choice]:
         """Every setting a stepping unit may take, the unchanged one first; ``accepted``: those the family
         accepts, when checked against transformers beforehand."""
         return [Choice()]
 
-    def fill(self, costs, remaining: float, kept: int, multiple_of: int) -> Choice | str:
+    def fill(self, costs: UnitCosts, remaining: float, kept: int, multiple_of: int) -> Choice | str:
         """A filling unit's setting that removes about ``remaining`` parameters over ``kept`` blocks, or why none fits."""
         raise NotImplementedError(f"unit '{self.name}' does not fill")
 
-    def imbalance(self, choice: Choice, costs, context: PlanContext) -> float:
+    def imbalance(self, choice: Choice, costs: UnitCosts, context: PlanContext) -> float:
         """How far ``choice`` is from this unit's fair share of the ratio (0 for the filling unit)."""
         return 0.0
 
     @abstractmethod
-    def step(self, costs, kept: int, multiple_of: int, choices: list[Choice]) -> int:
+    def step(self, costs: UnitCosts, kept: int, multiple_of: int, choices: list[Choice]) -> int:
         """Parameters the unit's finest step removes when ``kept`` blocks stay."""
 
     def config_edits(self, config, layout: FamilyLayout, shape: Shape) -> list[tuple[str, Any]]:
@@ -122,15 +137,15 @@ class WidthUnit(Unit):
         """The layer whose inputs are the unit's score inputs (and whose kept columns are re-fitted)."""
 
     @abstractmethod
-    def changes(self, layout: FamilyLayout, plan, block: nn.Module) -> bool:
-        """Whether ``plan`` removes any of this unit from ``block``."""
+    def changes(self, layout: FamilyLayout, shape: Shape, block: nn.Module) -> bool:
+        """Whether the kept widths ``shape`` remove any of this unit from ``block``."""
 
     @abstractmethod
-    def groups(self, block: nn.Module, layout: FamilyLayout, plan) -> Groups:
+    def groups(self, block: nn.Module, layout: FamilyLayout, shape: Shape) -> Groups:
         """The consumer's input columns grouped as they go together, and how many groups go."""
 
     @abstractmethod
-    def remove(self, block: nn.Module, layout: FamilyLayout, plan, removed: list[int], stats: InputStatistics | None,
+    def remove(self, block: nn.Module, layout: FamilyLayout, shape: Shape, removed: list[int], stats: InputStatistics | None,
                damp: float, record: dict) -> list[int]:
         """Drop groups ``removed`` (re-fitting the consumer when ``stats`` are given), note them in ``record``;
         returns the consumer's kept input columns."""
@@ -139,15 +154,15 @@ class WidthUnit(Unit):
     def narrow(self, block: nn.Module, layout: FamilyLayout, shape: Shape) -> None:
         """Narrow ``block`` to ``shape`` keeping the first units (no statistics): the plan's shapes, for checks."""
 
-    def shrinker(self, block: nn.Module, layout: FamilyLayout, plan, score: str, compensate: bool, damp: float,
+    def shrinker(self, block: nn.Module, layout: FamilyLayout, shape: Shape, score: str, compensate: bool, damp: float,
                  record: dict) -> Callable[[InputStatistics], list[int]]:
         """statistics of the consumer's inputs -> the units chosen, removed, and the consumer's kept columns."""
         def apply(stats: InputStatistics) -> list[int]:
             weight = weight_matrix(submodule(block, self.consumer(layout))).float()
-            groups = self.groups(block, layout, plan)
+            groups = self.groups(block, layout, shape)
             removed = choose_units(score, weight, stats, groups.columns, groups.remove, clusters=groups.clusters,
                                    producer_sq=groups.producer_sq, damp=damp)
-            return self.remove(block, layout, plan, removed, stats if compensate else None, damp, record)
+            return self.remove(block, layout, shape, removed, stats if compensate else None, damp, record)
 
         return apply
 

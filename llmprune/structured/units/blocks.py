@@ -15,7 +15,7 @@ from ...errors import LLMPruneError
 from ..blocks import block_removal_scores, block_skip_losses, choose_blocks
 from ..layouts import FamilyLayout
 from ..surgery import keep_inputs, submodule
-from .base import Choice, PlanContext, Shape, Unit
+from .base import Choice, PlanContext, Shape, Unit, UnitCosts
 
 
 @dataclass
@@ -46,14 +46,14 @@ class WholeBlocks(Unit):
             raise LLMPruneError("the decoder blocks differ in size; shrink needs uniform blocks (run it on an unpruned model)")
         return {"blocks": len(blocks), "block_params": sizes.pop()}
 
-    def choices(self, costs, accepted: list[Choice] | None = None) -> list[Choice]:
+    def choices(self, costs: UnitCosts, accepted: list[Choice] | None = None) -> list[Choice]:
         return [Choice(blocks=count) for count in range(costs.blocks)]
 
-    def imbalance(self, choice: Choice, costs, context: PlanContext) -> float:
+    def imbalance(self, choice: Choice, costs: UnitCosts, context: PlanContext) -> float:
         # an equal share of the target for every unit of the mix
         return abs(choice.blocks * costs.block_params - context.target / len(context.units))
 
-    def step(self, costs, kept: int, multiple_of: int, choices: list[Choice]) -> int:
+    def step(self, costs: UnitCosts, kept: int, multiple_of: int, choices: list[Choice]) -> int:
         return costs.block_params
 
     def config_edits(self, config, layout: FamilyLayout, shape: Shape) -> list[tuple[str, object]]:

@@ -17,7 +17,7 @@ from ...errors import LLMPruneError
 from ..layouts import FamilyLayout, qkv_rows, query_rows
 from ..scores import InputStatistics
 from ..surgery import keep_outputs, narrow_consumer, replace_parameter, rows_params, submodule
-from .base import Choice, Groups, PlanContext, Shape, WidthUnit, edited_config, writable
+from .base import Choice, Groups, PlanContext, Shape, UnitCosts, WidthUnit, edited_config, writable
 
 HEAD_COUNT_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_head")
 KV_COUNT_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads")
@@ -95,7 +95,7 @@ class AttentionHeads(WidthUnit):
         kv_head += sum(_norm_params(submodule(block, name)) for name in attention.kv_norms) // kv_heads
         return {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "q_head_params": q_head, "kv_head_params": kv_head}
 
-    def options(self, costs) -> list[Choice]:
+    def options(self, costs: UnitCosts) -> list[Choice]:
         """Fewer query heads in every group, or fewer whole groups; never the whole attention."""
         if not costs.heads:
             return []
@@ -113,7 +113,7 @@ class AttentionHeads(WidthUnit):
     def _choice(heads: int, kv_heads: int, removed: int) -> Choice:
         return Choice({"heads": heads, "kv_heads": kv_heads}, per_block=removed)
 
-    def accepted(self, costs, layout: FamilyLayout, config_refusal: Callable[[Shape], str | None],
+    def accepted(self, costs: UnitCosts, layout: FamilyLayout, config_refusal: Callable[[Shape], str | None],
                  model_refusal: Callable[[Shape], str | None]) -> tuple[list[Choice], str | None]:
         """The head counts transformers accepts (config class, then a meta-device model of the shrunk
         config holding the shrunk tensors), and why there are none when there are none."""
@@ -139,15 +139,15 @@ class AttentionHeads(WidthUnit):
             return [], f"a model built with {heads} heads does not hold {heads} heads of size {costs.head_dim} ({error})"
         return accepted, None
 
-    def check(self, costs, multiple_of: int, choices: list[Choice] | None) -> None:
+    def check(self, costs: UnitCosts, multiple_of: int, choices: list[Choice] | None) -> None:
         if not choices:
             raise LLMPruneError("no head count can be removed from this model's attention")
 
-    def choices(self, costs, accepted: list[Choice] | None = None) -> list[Choice]:
+    def choices(self, costs: UnitCosts, accepted: list[Choice] | None = None) -> list[Choice]:
         unchanged = self._choice(costs.heads, costs.kv_heads, 0)
         return [unchanged, *(self.options(costs) if accepted is None else accepted)]
 
-    def imbalance(self, choice: Choice, costs, context: PlanContext) -> float:
+    def imbalance(self, choice: Choice, costs: UnitCosts, context: PlanContext) -> float:
         # beside a filling unit attention loses the ratio's fraction of its own parameters; else the rest of the ratio
         if context.has_fill:
             share = context.ratio * (costs.heads * costs.q_head_params + costs.kv_heads * costs.kv_head_params) * context.kept
@@ -155,7 +155,7 @@ class AttentionHeads(WidthUnit):
             share = context.target - context.removed_before
         return abs(context.kept * choice.per_block - share)
 
-    def step(self, costs, kept: int, multiple_of: int, choices: list[Choice]) -> int:
+    def step(self, costs: UnitCosts, kept: int, multiple_of: int, choices: list[Choice]) -> int:
         return min(choice.per_block for choice in choices if not choice.idle) * kept
 
     def config_edits(self, config, layout: FamilyLayout, shape: Shape) -> list[tuple[str, int]]:
@@ -173,29 +173,29 @@ class AttentionHeads(WidthUnit):
     def consumer(self, layout: FamilyLayout) -> str:
         return layout.attention.output
 
-    def changes(self, layout: FamilyLayout, plan, block: nn.Module) -> bool:
+    def changes(self, layout: FamilyLayout, shape: Shape, block: nn.Module) -> bool:
         attention = layout.attention
-        return attention is not None and (plan.heads, plan.kv_heads) != (attention.heads, attention.kv_heads)
+        return attention is not None and (shape.heads, shape.kv_heads) != (attention.heads, attention.kv_heads)
 
-    def groups(self, block: nn.Module, layout: FamilyLayout, plan) -> Groups:
+    def groups(self, block: nn.Module, layout: FamilyLayout, shape: Shape) -> Groups:
         attention = layout.attention
         heads, kv_heads, head_dim = attention.sizes
         per_group = heads // kv_heads
         q_layer = submodule(block, attention.qkv or attention.q)
         rows = query_rows(attention.qkv_order, heads, kv_heads, head_dim) if attention.qkv else list(range(heads * head_dim))
         producer_sq = weight_matrix(q_layer).float()[rows].pow(2).sum(1)
-        if plan.kv_heads < kv_heads:  # whole key/value groups with their query heads
+        if shape.kv_heads < kv_heads:  # whole key/value groups with their query heads
             columns = [[c for h in range(g * per_group, (g + 1) * per_group) for c in _columns(h, head_dim)] for g in range(kv_heads)]
-            return Groups(columns, kv_heads - plan.kv_heads, producer_sq=producer_sq)
+            return Groups(columns, kv_heads - shape.kv_heads, producer_sq=producer_sq)
         # the same number of query heads from every group
-        return Groups([_columns(h, head_dim) for h in range(heads)], heads - plan.heads,
+        return Groups([_columns(h, head_dim) for h in range(heads)], heads - shape.heads,
                       clusters=[h // per_group for h in range(heads)], producer_sq=producer_sq)
 
-    def remove(self, block: nn.Module, layout: FamilyLayout, plan, removed: list[int], stats: InputStatistics | None,
+    def remove(self, block: nn.Module, layout: FamilyLayout, shape: Shape, removed: list[int], stats: InputStatistics | None,
                damp: float, record: dict) -> list[int]:
         heads, kv_heads, head_dim = layout.attention.sizes
         per_group = heads // kv_heads
-        if plan.kv_heads < kv_heads:  # ``removed`` are key/value groups
+        if shape.kv_heads < kv_heads:  # ``removed`` are key/value groups
             kept_kv = [g for g in range(kv_heads) if g not in removed]
             kept_q = [h for h in range(heads) if h // per_group in kept_kv]
         else:  # ``removed`` are query heads
