@@ -78,20 +78,20 @@ MUTATIONS: tuple[Mutation, ...] = (
              (RECON + "test_pruning_reconstruction_targets_are_the_dense_models_or_the_dense_blocks_on_the_pruned_stream[local]",)),
     Mutation("shrink-removed-blocks-skip-steps", "shrink: before_prune not called on removed blocks (the teacher stream skips them)",
              "llmprune/structured/run.py",
-             (("        for step in steps:  # the block is still dense: steps record its outputs (reconstruction targets)\n"
+             (("        for step in self.steps:  # the block is still dense: steps record its outputs (reconstruction targets)\n"
                "            step.before_prune(context)\n",
-               "        for step in (steps if index not in removed_blocks else ()):\n"
+               "        for step in (self.steps if index not in self.removed_blocks else ()):\n"
                "            step.before_prune(context)\n"),),
              (RECON + "test_shrink_reconstruction_teacher_stream_advances_through_removed_blocks",)),
-    # ---- shrink surgery (llmprune/structured/)
+    # ---- shrink units (llmprune/structured/units/)
     Mutation("shrink-heads-no-refit", "shrink: no least-squares re-fit of o_proj after removing heads",
-             "llmprune/structured/surgery.py",
+             "llmprune/structured/units/heads.py",
              (("narrow_consumer(submodule(block, attention.output), q_channels, stats, damp)",
                "narrow_consumer(submodule(block, attention.output), q_channels, None, damp)"),),
              (SHRINK + "test_o_proj_after_removing_heads_is_the_least_squares_fit_of_the_dense_outputs",)),
     Mutation("shrink-kv-heads-config", "shrink: the num_key_value_heads config edit forgotten",
-             "llmprune/structured/finalize.py",
-             (("        if layout.kv_heads_key:\n            set_key(layout.kv_heads_key, kv_heads)\n", ""),),
+             "llmprune/structured/units/heads.py",
+             (("        if layout.kv_heads_key:\n            edits.append((layout.kv_heads_key, shape.kv_heads))\n", ""),),
              (SHRINK + "test_removing_a_whole_key_value_group_edits_the_config_and_the_folder_reloads",)),
     # ---- lottery tickets (llmprune/tickets/runner.py)
     Mutation("lth-controls-from-init", "lottery tickets: controls start from the initialisation, not the late-rewind point",

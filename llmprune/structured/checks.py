@@ -20,7 +20,7 @@ from torch import nn
 from ..anatomy import find_blocks
 from .finalize import shrunk_config
 from .layouts import FamilyLayout
-from .surgery import remove_heads, remove_mlp_channels
+from .units import UNITS, Shape, WidthUnit, in_plan_order
 
 
 def _first_line(error: BaseException) -> str:
@@ -59,19 +59,10 @@ def shape_error(model: nn.Module, layout: FamilyLayout, config, intermediate: in
     """Why a model built from ``config`` would not hold the shrunk blocks (first differing tensor), or None."""
     _, blocks = find_blocks(model)
     block = meta_copy(blocks[0])
-    attention = layout.attention
-    if attention is not None and (heads, kv_heads) != (attention.heads, attention.kv_heads):
-        per_group = attention.heads // attention.kv_heads
-        if kv_heads < attention.kv_heads:
-            kept_kv = list(range(kv_heads))
-            kept_q = [h for h in range(attention.heads) if h // per_group < kv_heads]
-        else:
-            kept_kv = list(range(kv_heads))
-            keep_per_group = heads // kv_heads
-            kept_q = [h for h in range(attention.heads) if h % per_group < keep_per_group]
-        remove_heads(block, layout, kept_q, kept_kv, None)
-    if layout.mlp_consumer is not None:
-        remove_mlp_channels(block, layout, list(range(intermediate)), None)
+    shape = Shape(intermediate, heads, kv_heads)
+    for name in in_plan_order(UNITS):  # attention before the MLP, as the block loop does
+        if isinstance(UNITS[name], WidthUnit):
+            UNITS[name].narrow(block, layout, shape)
     try:
         with torch.device("meta"):
             built = type(model)(config)

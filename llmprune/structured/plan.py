@@ -9,6 +9,10 @@ rest; among those within ``RATIO_TOLERANCE`` of the ratio, those that use every 
 most even split win (blocks an equal share of the total, heads the ratio's fraction of the attention);
 when none is that close, the nearest.
 
+Each unit's own arithmetic (its costs, its settings or its fill, its share, its step) is in
+``units/``; this module weighs the combinations of the units of a mix and picks one. The ``auto`` mix
+and what happens when a family refuses a unit (``_resolve_units``) are the policy kept here.
+
 Head counts are those the family accepts: ``checks.py`` has transformers validate the config and build
 the shrunk model on the meta device. When no head count is accepted, the heads' share moves to the
 other units (one note says so); when nothing valid exists, one error before any work.
@@ -20,37 +24,21 @@ be hit closely at the price of widths that quantise less well.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from ..errors import LLMPruneError
-from ..anatomy import find_blocks, weight_matrix
+from ..anatomy import find_blocks
 from .blocks import bridge_unavailable
 from .checks import config_error, forward_error, plan_error
 from .finalize import shrunk_config
 from .layouts import FamilyLayout, find_layout
-from .surgery import submodule
+from .units import HEADS, UNITS, Choice, PlanContext, Shape, UnitCosts, in_plan_order
 
-UNITS = ("mlp", "heads", "blocks")
-ORDER = ("blocks", "heads", "mlp")
 # The reached ratio should be within this of the asked one wherever the units' steps allow it.
 RATIO_TOLERANCE = 0.02
-
-
-@dataclass
-class UnitCosts:
-    """Parameters one unit of each kind holds in one block, and the model's sizes."""
-
-    blocks: int
-    block_params: int
-    intermediate: int  # 0: no MLP unit
-    channel_params: int
-    heads: int  # 0: no attention unit
-    kv_heads: int
-    head_dim: int
-    q_head_params: int  # a query head's q rows, o columns and norm channels
-    kv_head_params: int  # a key/value head's k and v rows and norm channels
 
 
 @dataclass
@@ -70,61 +58,21 @@ class ShrinkPlan:
     def reached(self) -> float:
         return self.removed_params / self.total_params
 
-
-def _rows_params(layer: nn.Module) -> int:
-    """Parameters one output unit of a layer holds: a row of weights plus its bias."""
-    return weight_matrix(layer).shape[1] + (1 if layer.bias is not None else 0)
-
-
-def _norm_params(norm: nn.Module) -> int:
-    return sum(p.numel() for p in norm.parameters(recurse=False))
+    @property
+    def shape(self) -> Shape:
+        """The kept widths of every surviving block (what the width units are shrunk to)."""
+        return Shape(self.intermediate, self.heads, self.kv_heads)
 
 
 def unit_costs(model: nn.Module, layout: FamilyLayout) -> UnitCosts:
     _, blocks = find_blocks(model)
-    sizes = {sum(p.numel() for p in block.parameters()) for block in blocks}
-    if len(sizes) != 1:
-        raise LLMPruneError("the decoder blocks differ in size; shrink needs uniform blocks (run it on an unpruned model)")
-    block = blocks[0]
-    intermediate = channel = 0
-    if layout.mlp_consumer is not None:
-        consumer = submodule(block, layout.mlp_consumer)
-        intermediate = weight_matrix(consumer).shape[1]
-        channel = weight_matrix(consumer).shape[0] + sum(pieces * _rows_params(submodule(block, name)) for name, pieces in layout.mlp_producers)
-    attention = layout.attention
-    if attention is None:
-        return UnitCosts(len(blocks), sizes.pop(), intermediate, channel, 0, 0, 0, 0, 0)
-    heads, kv_heads, head_dim = attention.sizes
-    output = submodule(block, attention.output)
-    q_layer = submodule(block, attention.qkv or attention.q)
-    kv_layer = submodule(block, attention.qkv or attention.k)
-    q_head = head_dim * (_rows_params(q_layer) + weight_matrix(output).shape[0])
-    q_head += sum(_norm_params(submodule(block, name)) for name in attention.q_norms) // heads
-    kv_head = 2 * head_dim * _rows_params(kv_layer)
-    kv_head += sum(_norm_params(submodule(block, name)) for name in attention.kv_norms) // kv_heads
-    return UnitCosts(len(blocks), sizes.pop(), intermediate, channel, heads, kv_heads, head_dim, q_head, kv_head)
+    sizes: dict[str, int] = {}
+    for name in in_plan_order(UNITS):  # whole blocks first: they check that the blocks are uniform
+        sizes.update(UNITS[name].costs(blocks, layout))
+    return UnitCosts(**sizes)
 
 
-def head_options(costs: UnitCosts) -> list[tuple[int, int, int]]:
-    """(kept query heads, kept kv heads, parameters removed per block): fewer query heads in every
-    group, or fewer whole groups; never the whole attention."""
-    if not costs.heads:
-        return []
-    per_group = costs.heads // costs.kv_heads
-    options = []
-    for kept_per_group in range(1, per_group):
-        options.append((kept_per_group * costs.kv_heads, costs.kv_heads,
-                        (costs.heads - kept_per_group * costs.kv_heads) * costs.q_head_params))
-    for kept_groups in range(1, costs.kv_heads):
-        options.append((kept_groups * per_group, kept_groups,
-                        (costs.kv_heads - kept_groups) * (per_group * costs.q_head_params + costs.kv_head_params)))
-    return options
-
-
-def make_plan(costs: UnitCosts, ratio: float, units: tuple[str, ...], multiple_of: int,
-              options: list[tuple[int, int, int]] | None = None) -> ShrinkPlan:
-    """The widths for ``ratio`` with ``units`` (pure arithmetic); ``options``: the accepted head counts
-    (default: every whole-group count, see ``head_options``)."""
+def _checked_mix(ratio: float, units: tuple[str, ...], multiple_of: int) -> tuple[str, ...]:
     if not 0 < ratio < 1:
         raise LLMPruneError(f"ratio must be in (0, 1), got {ratio}")
     unknown = [unit for unit in units if unit not in UNITS]
@@ -132,64 +80,95 @@ def make_plan(costs: UnitCosts, ratio: float, units: tuple[str, ...], multiple_o
         raise LLMPruneError(f"unknown unit '{(unknown or [''])[0]}' (use a comma-separated mix of {', '.join(UNITS)})")
     if multiple_of < 1:
         raise LLMPruneError(f"--multiple-of must be a positive integer, got {multiple_of}")
-    ordered = tuple(unit for unit in ORDER if unit in units)
-    options = head_options(costs) if options is None else options
-    if "heads" in ordered and not options:
-        raise LLMPruneError("no head count can be removed from this model's attention")
-    if "mlp" in ordered and multiple_of > costs.intermediate:
-        raise LLMPruneError(f"--multiple-of {multiple_of} is wider than the MLP ({costs.intermediate} channels)")
-    total = costs.blocks * costs.block_params
-    target = ratio * total
-    attention_params = costs.heads * costs.q_head_params + costs.kv_heads * costs.kv_head_params
-    unchanged = (costs.heads, costs.kv_heads, 0)
-    best, best_key, reason = None, None, None
-    for blocks_removed in (range(costs.blocks) if "blocks" in ordered else (0,)):
-        kept = costs.blocks - blocks_removed
-        for heads, kv_heads, cost in ([unchanged, *options] if "heads" in ordered else [unchanged]):
-            removed = blocks_removed * costs.block_params + kept * cost
-            intermediate = costs.intermediate
-            if "mlp" in ordered:
-                per_block = (target - removed) / (kept * costs.channel_params)
-                intermediate = min(costs.intermediate, round((costs.intermediate - per_block) / multiple_of) * multiple_of)
-                if intermediate < multiple_of:
-                    reason = f"the MLP would keep fewer than {multiple_of} of its {costs.intermediate} channels"
-                    continue
-                removed += kept * (costs.intermediate - intermediate) * costs.channel_params
-            if removed <= 0:
+    return in_plan_order(units)
+
+
+@dataclass
+class _Candidate:
+    picked: dict[str, Choice]  # unit name -> its setting
+    removed: int
+    kept: int
+
+
+def _candidates(costs: UnitCosts, ratio: float, ordered: tuple[str, ...], settings: dict[str, list[Choice]],
+                multiple_of: int):
+    """Every combination of the stepping units' settings, the filling unit taking the rest; yields
+    (candidate, None) or (None, why the filling unit found no width)."""
+    stepping = [name for name in ordered if not UNITS[name].fills]
+    fill = next((UNITS[name] for name in ordered if UNITS[name].fills), None)
+    target = ratio * costs.blocks * costs.block_params
+    for combo in itertools.product(*(settings[name] for name in stepping)):
+        picked = dict(zip(stepping, combo))
+        kept = costs.blocks - sum(choice.blocks for choice in combo)
+        removed = sum(choice.blocks for choice in combo) * costs.block_params + kept * sum(choice.per_block for choice in combo)
+        if fill is not None:
+            filled = fill.fill(costs, target - removed, kept, multiple_of)
+            if isinstance(filled, str):
+                yield None, filled
                 continue
-            error = abs(removed / total - ratio)
-            imbalance = 0.0
-            if "blocks" in ordered:
-                imbalance += abs(blocks_removed * costs.block_params - target / len(ordered))
-            if "heads" in ordered:  # not last: attention loses the ratio's fraction of its own parameters
-                share = ratio * attention_params * kept if "mlp" in ordered else target - blocks_removed * costs.block_params
-                imbalance += abs(kept * cost - share)
-            idle = (("blocks" in ordered and not blocks_removed) + ("heads" in ordered and not cost)
-                    + ("mlp" in ordered and intermediate == costs.intermediate))
-            key = (error > RATIO_TOLERANCE, error if error > RATIO_TOLERANCE else 0.0, idle, imbalance, error)
-            if best_key is None or key < best_key:
-                best_key = key
-                best = (blocks_removed, intermediate, heads, kv_heads, removed)
+            picked[fill.name] = filled
+            removed += kept * filled.per_block
+        if removed > 0:
+            yield _Candidate(picked, removed, kept), None
+
+
+def _rank(candidate: _Candidate, costs: UnitCosts, ratio: float, ordered: tuple[str, ...]) -> tuple:
+    """Within ``RATIO_TOLERANCE`` of the ratio first, then every asked unit used, then the most even split."""
+    total = costs.blocks * costs.block_params
+    error = abs(candidate.removed / total - ratio)
+    has_fill = any(UNITS[name].fills for name in ordered)
+    imbalance, before = 0.0, 0
+    for name in ordered:
+        choice = candidate.picked[name]
+        context = PlanContext(ratio, ratio * total, ordered, candidate.kept, before, has_fill)
+        imbalance += UNITS[name].imbalance(choice, costs, context)
+        before += choice.blocks * costs.block_params + candidate.kept * choice.per_block
+    idle = sum(candidate.picked[name].idle for name in ordered)
+    return error > RATIO_TOLERANCE, error if error > RATIO_TOLERANCE else 0.0, idle, imbalance, error
+
+
+def make_plan(costs: UnitCosts, ratio: float, units: tuple[str, ...], multiple_of: int,
+              accepted: dict[str, list[Choice]] | None = None) -> ShrinkPlan:
+    """The widths for ``ratio`` with ``units`` (pure arithmetic); ``accepted``: unit name -> the settings the
+    family accepts (default: every setting the unit offers, e.g. every whole-group head count)."""
+    ordered = _checked_mix(ratio, units, multiple_of)
+    settings = {name: UNITS[name].choices(costs, (accepted or {}).get(name)) for name in ordered if not UNITS[name].fills}
+    movable = {name: [choice for choice in settings.get(name, []) if not choice.idle] for name in ordered}
+    for name in ordered:
+        UNITS[name].check(costs, multiple_of, movable[name])
+    best, best_key, reason = None, None, None
+    for candidate, why in _candidates(costs, ratio, ordered, settings, multiple_of):
+        reason = why or reason
+        key = None if candidate is None else _rank(candidate, costs, ratio, ordered)
+        if key is not None and (best_key is None or key < best_key):
+            best, best_key = candidate, key
     if best is None:
         raise LLMPruneError(f"ratio {ratio} cannot be reached with units {','.join(ordered)}: "
                             f"{reason or 'nothing would be removed'} (lower the ratio or add units: --units mlp,heads,blocks)")
-    blocks_removed, intermediate, heads, kv_heads, removed = best
-    kept = costs.blocks - blocks_removed
-    steps = []
-    if "blocks" in ordered:
-        steps.append(costs.block_params / total)
-    if "heads" in ordered:
-        steps.append(min(option[2] for option in options) * kept / total)
-    if "mlp" in ordered:
-        steps.append(multiple_of * kept * costs.channel_params / total)
-    plan = ShrinkPlan(ratio, ordered, blocks_removed, intermediate, heads, kv_heads, removed, total, min(steps))
+    total = costs.blocks * costs.block_params
+    step = min(UNITS[name].step(costs, best.kept, multiple_of, movable[name]) / total for name in ordered)
+    return _checked_plan(_plan_of(best, costs, ratio, ordered, step))
+
+
+def _plan_of(best: _Candidate, costs: UnitCosts, ratio: float, ordered: tuple[str, ...], step: float) -> ShrinkPlan:
+    sizes = {"intermediate": costs.intermediate, "heads": costs.heads, "kv_heads": costs.kv_heads}
+    for choice in best.picked.values():
+        sizes.update(choice.sizes)
+    blocks_removed = sum(choice.blocks for choice in best.picked.values())
+    return ShrinkPlan(ratio, ordered, blocks_removed, sizes["intermediate"], sizes["heads"], sizes["kv_heads"], best.removed,
+                      costs.blocks * costs.block_params, step)
+
+
+def _checked_plan(plan: ShrinkPlan) -> ShrinkPlan:
+    """Refuse a plan further than one step from the ratio; note one further than the tolerance."""
+    ratio, mix = plan.ratio, ",".join(plan.units)
     if abs(plan.reached - ratio) > max(plan.step, RATIO_TOLERANCE) + 1e-9:
         raise LLMPruneError(
-            f"ratio {ratio} cannot be reached with units {','.join(ordered)}: the nearest is {plan.reached:.3f} "
+            f"ratio {ratio} cannot be reached with units {mix}: the nearest is {plan.reached:.3f} "
             f"(one step is {plan.step:.3f}; try other --units or a finer --multiple-of)"
         )
     if abs(plan.reached - ratio) > RATIO_TOLERANCE:
-        plan.notes.append(f"warning: ratio {ratio} asked, {plan.reached:.3f} reached: units {','.join(ordered)} move in "
+        plan.notes.append(f"warning: ratio {ratio} asked, {plan.reached:.3f} reached: units {mix} move in "
                           f"steps of {plan.step:.3f} of the blocks' parameters here")
     return plan
 
@@ -209,32 +188,62 @@ def parse_units(units) -> tuple[str, ...] | None:
     return units
 
 
-def accepted_head_options(model: nn.Module, layout: FamilyLayout, costs: UnitCosts) -> tuple[list[tuple[int, int, int]], str | None]:
-    """The head counts transformers accepts for this model (config class, then a meta-device model of the
-    shrunk config holding the shrunk tensors), and why there are none when there are none."""
-    if layout.attention is None:
-        return [], layout.attention_missing
-    options = head_options(costs)
-    if not options:
-        return [], "it has a single attention head"
-    accepted, reason = [], None
-    for option in options:
-        config, _ = shrunk_config(model.config, layout, costs.intermediate, option[0], option[1], [])
-        error = config_error(config)
-        if error is None:
-            accepted.append(option)
+def accepted_head_choices(model: nn.Module, layout: FamilyLayout, costs: UnitCosts) -> tuple[list[Choice], str | None]:
+    """The head counts transformers accepts for this model, and why there are none when there are none."""
+    def config_refusal(shape: Shape) -> str | None:
+        config, _ = shrunk_config(model.config, layout, shape.intermediate, shape.heads, shape.kv_heads, [])
+        return config_error(config)
+
+    def model_refusal(shape: Shape) -> str | None:
+        return plan_error(model, layout, shape.intermediate, shape.heads, shape.kv_heads, 0)
+
+    return HEADS.accepted(costs, layout, config_refusal, model_refusal)
+
+
+def _resolve_units(asked: tuple[str, ...] | None, layout: FamilyLayout, head_choices: list[Choice],
+                   heads_reason: str | None, model_type: str) -> tuple[tuple[str, ...], list[str]]:
+    """The mix for this model (``auto`` resolved, heads dropped with a note where the family takes none)."""
+    notes: list[str] = []
+    if asked is None:  # auto
+        if layout.mlp_consumer is None:
+            chosen = ("heads", "blocks") if head_choices else ("blocks",)
+            notes.append(f"note: model type '{model_type}': {layout.mlp_missing}; units {','.join(chosen)}")
+        elif bridge_unavailable(layout) is None:
+            chosen = ("mlp", "blocks")
         else:
-            reason = reason or error
-    if not accepted:
-        return [], f"its config accepts no smaller head count ({reason})"
-    # One meta model tells whether the family's attention honours the head size at all (GPT-2, OPT,
-    # GPT-NeoX, Falcon and StableLM derive it from hidden_size // heads); the final plan is checked again.
-    heads, kv_heads, _ = max(accepted)
-    error = plan_error(model, layout, costs.intermediate, heads, kv_heads, 0)
+            chosen = ("mlp", "heads") if head_choices else ("mlp",)
+        return chosen, notes
+    chosen = asked
+    if "mlp" in chosen and layout.mlp_consumer is None:
+        supported = ",".join(u for u in ("heads", "blocks") if u != "heads" or layout.attention is not None)
+        raise LLMPruneError(f"the MLP of model type '{model_type}' cannot be shrunk: {layout.mlp_missing} "
+                            f"(use --units {supported})")
+    if "heads" in chosen and not head_choices:
+        if chosen == ("heads",):
+            raise LLMPruneError(f"heads cannot be removed from model type '{model_type}': {heads_reason} "
+                                "(use --units mlp,blocks)")
+        chosen = tuple(unit for unit in chosen if unit != "heads")
+        notes.append(f"note: heads cannot be removed from model type '{model_type}': {heads_reason}; "
+                     f"their share of the ratio goes to {','.join(chosen)}")
+    return chosen, notes
+
+
+def _accepted_plan(model: nn.Module, layout: FamilyLayout, costs: UnitCosts, ratio: float, chosen: tuple[str, ...],
+                   multiple_of: int, head_choices: list[Choice], model_type: str) -> ShrinkPlan:
+    """The plan, with the next head count tried while transformers refuses the shrunk model."""
+    while True:
+        plan = make_plan(costs, ratio, chosen, multiple_of, {HEADS.name: head_choices})
+        error = plan_error(model, layout, plan.intermediate, plan.heads, plan.kv_heads, plan.blocks_removed)
+        heads_changed = (plan.heads, plan.kv_heads) != (costs.heads, costs.kv_heads)
+        if error is None or not heads_changed:
+            break
+        refused = {"heads": plan.heads, "kv_heads": plan.kv_heads}
+        head_choices = [choice for choice in head_choices if choice.sizes != refused]  # try the next count
+        if not head_choices:
+            break
     if error is not None:
-        head_dim = costs.head_dim
-        return [], f"a model built with {heads} heads does not hold {heads} heads of size {head_dim} ({error})"
-    return accepted, None
+        raise LLMPruneError(f"transformers refuses the shrunk config of model type '{model_type}': {error}")
+    return plan
 
 
 def plan_shrink(model: nn.Module, ratio: float, units, multiple_of: int) -> tuple[FamilyLayout, UnitCosts, ShrinkPlan]:
@@ -246,41 +255,10 @@ def plan_shrink(model: nn.Module, ratio: float, units, multiple_of: int) -> tupl
     layout = find_layout(model)
     costs = unit_costs(model, layout)
     asked = parse_units(units)
-    notes: list[str] = []
-    options, heads_reason = ([], None)
+    head_choices, heads_reason = ([], None)
     if asked is None or "heads" in asked:
-        options, heads_reason = accepted_head_options(model, layout, costs)
-    if asked is None:  # auto
-        if layout.mlp_consumer is None:
-            chosen = ("heads", "blocks") if options else ("blocks",)
-            notes.append(f"note: model type '{model_type}': {layout.mlp_missing}; units {','.join(chosen)}")
-        elif bridge_unavailable(layout) is None:
-            chosen = ("mlp", "blocks")
-        else:
-            chosen = ("mlp", "heads") if options else ("mlp",)
-    else:
-        chosen = asked
-        if "mlp" in chosen and layout.mlp_consumer is None:
-            supported = ",".join(u for u in ("heads", "blocks") if u != "heads" or layout.attention is not None)
-            raise LLMPruneError(f"the MLP of model type '{model_type}' cannot be shrunk: {layout.mlp_missing} "
-                                f"(use --units {supported})")
-        if "heads" in chosen and not options:
-            if chosen == ("heads",):
-                raise LLMPruneError(f"heads cannot be removed from model type '{model_type}': {heads_reason} "
-                                    "(use --units mlp,blocks)")
-            chosen = tuple(unit for unit in chosen if unit != "heads")
-            notes.append(f"note: heads cannot be removed from model type '{model_type}': {heads_reason}; "
-                         f"their share of the ratio goes to {','.join(chosen)}")
-    while True:
-        plan = make_plan(costs, ratio, chosen, multiple_of, options)
-        error = plan_error(model, layout, plan.intermediate, plan.heads, plan.kv_heads, plan.blocks_removed)
-        heads_changed = (plan.heads, plan.kv_heads) != (costs.heads, costs.kv_heads)
-        if error is None or not heads_changed:
-            break
-        options = [option for option in options if option[:2] != (plan.heads, plan.kv_heads)]  # try the next count
-        if not options:
-            break
-    if error is not None:
-        raise LLMPruneError(f"transformers refuses the shrunk config of model type '{model_type}': {error}")
+        head_choices, heads_reason = accepted_head_choices(model, layout, costs)
+    chosen, notes = _resolve_units(asked, layout, head_choices, heads_reason, model_type)
+    plan = _accepted_plan(model, layout, costs, ratio, chosen, multiple_of, head_choices, model_type)
     plan.notes[:0] = notes
     return layout, costs, plan

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -23,16 +23,17 @@ from torch import nn
 
 from ..engine import BlockContext, BlockInputs, BlockStep, Lifecycle, capture_block_inputs, propagate, run_block
 from ..errors import LLMPruneError
-from ..anatomy import block_weights, find_blocks, weight_matrix
+from ..anatomy import block_weights, find_blocks
 from ..process import resolve_device
 from .distill import distill
 from .finalize import finalize_config
-from .layouts import FamilyLayout, query_rows
-from .blocks import block_removal_scores, block_skip_losses, bridge_run, bridge_unavailable, choose_blocks, removed_runs
+from .layouts import FamilyLayout
+from .blocks import bridge_run, bridge_unavailable, removed_runs
 from .options import ShrinkOptions, with_overrides
-from .plan import ShrinkPlan, plan_shrink
-from .scores import InputStatistics, choose_units
-from .surgery import remove_blocks, remove_heads, remove_mlp_channels, submodule
+from .plan import ShrinkPlan, UnitCosts, plan_shrink
+from .scores import InputStatistics
+from .surgery import submodule
+from .units import BLOCKS, UNITS, BlockRanking, WidthUnit, in_plan_order
 
 
 class _Stage:
@@ -96,55 +97,89 @@ def run_dense_recording(block: nn.Module, inputs: list[BlockInputs], hidden: lis
     return recorded, outputs
 
 
-def _mlp_apply(block, layout: FamilyLayout, plan: ShrinkPlan, score: str, compensate: bool, damp: float, record: dict):
-    def apply(stats: InputStatistics) -> list[int]:
-        consumer = submodule(block, layout.mlp_consumer)
-        weight = weight_matrix(consumer).float()
-        width = weight.shape[1]
-        producer_sq = torch.zeros(width, device=weight.device)
-        for name, pieces in layout.mlp_producers:
-            producer_sq += weight_matrix(submodule(block, name)).float().pow(2).sum(1).reshape(pieces, width).sum(0)
-        removed = choose_units(score, weight, stats, [[j] for j in range(width)], width - plan.intermediate,
-                               producer_sq=producer_sq, damp=damp)
-        gone = set(removed)
-        keep = [j for j in range(width) if j not in gone]
-        remove_mlp_channels(block, layout, keep, stats if compensate else None, damp)
-        record["mlp_channels_removed"] = removed
-        return keep
+class _BlockLoop:
+    """One sweep of the block loop (``shrink_blocks``): per kept block, the width units' stages, the block
+    steps, then the outputs (through the bridge of the removed run after it) on to the next block."""
 
-    return apply
+    def __init__(self, lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, inputs: list[BlockInputs] | None,
+                 removed_blocks: list[int], options: ShrinkOptions, steps: list[BlockStep]):
+        self.blocks, self.device = lifecycle.blocks, lifecycle.device
+        self.layout, self.plan, self.inputs, self.options, self.steps = layout, plan, inputs, options, steps
+        self.removed_blocks = removed_blocks
+        # attention before the MLP, so the MLP's statistics see the shrunk attention
+        self.units = [UNITS[name] for name in in_plan_order(UNITS)
+                      if isinstance(UNITS[name], WidthUnit) and UNITS[name].changes(layout, plan.shape, self.blocks[0])]
+        refit_teacher = inputs and options.teacher_refit() and self.units
+        self.teacher = [item.hidden.clone() for item in inputs] if refit_teacher else None
+        self.records: dict[int, dict] = {}
+
+    def visit(self, index: int, block: nn.Module) -> None:
+        context = BlockContext(index, block, None, self.inputs or None)
+        for step in self.steps:  # the block is still dense: steps record its outputs (reconstruction targets)
+            step.before_prune(context)
+        if index in self.removed_blocks:
+            self.records[index] = {"block_removed": True}
+            if self.teacher is not None:
+                propagate_hidden(self.teacher, run_dense_recording(block, self.inputs, self.teacher, [])[1])
+            return
+        record: dict = {}
+        self.records[index] = record
+        outputs = self.shrink_units(block, record)
+        if self.steps:
+            context.weights = block_weights(block)
+            changed = [step.after_prune(context) for step in self.steps]
+            if any(changed):
+                outputs = None
+        self.pass_on(index, block, outputs, record)
+
+    def shrink_units(self, block: nn.Module, record: dict) -> list[torch.Tensor] | None:
+        """Remove every width unit's groups from ``block``; returns its outputs when the single pass gave them."""
+        consumers = [unit.consumer(self.layout) for unit in self.units]
+        dense_inputs: dict[str, list[torch.Tensor]] = {}
+        if self.teacher is not None:
+            dense_inputs, dense_outputs = run_dense_recording(block, self.inputs, self.teacher, consumers)
+            propagate_hidden(self.teacher, dense_outputs)
+        options = self.options
+        stages = [_Stage(block, consumer, unit.shrinker(block, self.layout, self.plan.shape, options.score, options.compensate,
+                                                        options.damp, record), dense_inputs.get(consumer))
+                  for unit, consumer in zip(self.units, consumers)]
+        return run_stages(block, stages, self.inputs)
+
+    def pass_on(self, index: int, block: nn.Module, outputs: list[torch.Tensor] | None, record: dict) -> None:
+        """The shrunk block's outputs become the next block's inputs (bridged over a removed run after it)."""
+        if not self.inputs:
+            return
+        run = following_run(index, self.removed_blocks) if self.options.block_correction else []
+        if run:  # the removed run after this block gets its bridge, folded into this block
+            outputs, record["bridge"] = bridge_run(block, self.layout, self.inputs, [self.blocks[i] for i in run],
+                                                   self.device, self.options.damp)
+        elif outputs is None:
+            outputs = run_block(block, self.inputs)
+        propagate(self.inputs, outputs)
 
 
-def _heads_apply(block, layout: FamilyLayout, plan: ShrinkPlan, score: str, compensate: bool, damp: float, record: dict):
-    attention = layout.attention
-    heads, kv_heads, head_dim = attention.sizes
-    per_group = heads // kv_heads
-
-    def columns(head: int) -> list[int]:
-        return list(range(head * head_dim, (head + 1) * head_dim))
-
-    def apply(stats: InputStatistics) -> list[int]:
-        weight = weight_matrix(submodule(block, attention.output)).float()
-        q_layer = submodule(block, attention.qkv or attention.q)
-        rows = query_rows(attention.qkv_order, heads, kv_heads, head_dim) if attention.qkv else list(range(heads * head_dim))
-        producer_sq = weight_matrix(q_layer).float()[rows].pow(2).sum(1)
-        if plan.kv_heads < kv_heads:  # whole key/value groups with their query heads
-            groups = [[c for h in range(g * per_group, (g + 1) * per_group) for c in columns(h)] for g in range(kv_heads)]
-            removed_groups = choose_units(score, weight, stats, groups, kv_heads - plan.kv_heads, producer_sq=producer_sq, damp=damp)
-            kept_kv = [g for g in range(kv_heads) if g not in removed_groups]
-            kept_q = [h for h in range(heads) if h // per_group in kept_kv]
-        else:  # the same number of query heads from every group
-            clusters = [h // per_group for h in range(heads)]
-            removed_heads = choose_units(score, weight, stats, [columns(h) for h in range(heads)], heads - plan.heads,
-                                         clusters=clusters, producer_sq=producer_sq, damp=damp)
-            kept_kv = list(range(kv_heads))
-            kept_q = [h for h in range(heads) if h not in removed_heads]
-        remove_heads(block, layout, kept_q, kept_kv, stats if compensate else None, damp)
-        record["query_heads_removed"] = [h for h in range(heads) if h not in kept_q]
-        record["kv_heads_removed"] = [g for g in range(kv_heads) if g not in kept_kv]
-        return [c for h in kept_q for c in columns(h)]
-
-    return apply
+def run_stages(block: nn.Module, stages: list[_Stage], inputs: list[BlockInputs] | None) -> list[torch.Tensor] | None:
+    """Gather each stage's statistics and remove its units: one pass for one calibration chunk (returning the
+    block's outputs), a statistics pass per stage for several; the weights alone without inputs."""
+    if not inputs:  # magnitude without compensation: the weights alone decide, nothing to propagate
+        for stage in stages:
+            stage.apply(None)
+        return None
+    if len(inputs) == 1 and stages:  # statistics, removal and outputs in one pass
+        handles = [stage.attach(shrink_on_sight=True) for stage in stages]
+        try:
+            return run_block(block, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+    for stage in stages:
+        handle = stage.attach(shrink_on_sight=False)
+        try:
+            run_block(block, inputs)
+        finally:
+            handle.remove()
+        stage.finish()
+    return None
 
 
 @torch.no_grad()
@@ -158,73 +193,9 @@ def shrink_blocks(lifecycle: Lifecycle, layout: FamilyLayout, plan: ShrinkPlan, 
     With the teacher re-fit, a copy of the dense model's hidden states flows beside the shrunk ones: each
     dense block is run on it first, recording its consumers' inputs, which the shrunk block's statistics
     pair token for token with its own."""
-    model, blocks = lifecycle.model, lifecycle.blocks
-    attention = layout.attention
-    change_heads = attention is not None and (plan.heads, plan.kv_heads) != (attention.heads, attention.kv_heads)
-    change_mlp = layout.mlp_consumer is not None and plan.intermediate != unit_costs_intermediate(blocks[0], layout)
-    score, compensate, damp = options.score, options.compensate, options.damp
-    teacher = [item.hidden.clone() for item in inputs] if inputs and options.teacher_refit() and (change_heads or change_mlp) else None
-    records: dict[int, dict] = {}
-
-    def visit(index: int, block: nn.Module) -> None:
-        context = BlockContext(index, block, None, inputs or None)
-        for step in steps:  # the block is still dense: steps record its outputs (reconstruction targets)
-            step.before_prune(context)
-        if index in removed_blocks:
-            records[index] = {"block_removed": True}
-            if teacher is not None:
-                propagate_hidden(teacher, run_dense_recording(block, inputs, teacher, [])[1])
-            return
-        record: dict = {}
-        records[index] = record
-        consumers = ([layout.attention.output] if change_heads else []) + ([layout.mlp_consumer] if change_mlp else [])
-        dense_inputs: dict[str, list[torch.Tensor]] = {}
-        if teacher is not None:
-            dense_inputs, dense_outputs = run_dense_recording(block, inputs, teacher, consumers)
-            propagate_hidden(teacher, dense_outputs)
-            del dense_outputs
-        stages = []
-        if change_heads:
-            stages.append(_Stage(block, layout.attention.output, _heads_apply(block, layout, plan, score, compensate, damp, record),
-                                 dense_inputs.get(layout.attention.output)))
-        if change_mlp:
-            stages.append(_Stage(block, layout.mlp_consumer, _mlp_apply(block, layout, plan, score, compensate, damp, record),
-                                 dense_inputs.get(layout.mlp_consumer)))
-        outputs = None
-        if not inputs:  # magnitude without compensation: the weights alone decide, nothing to propagate
-            for stage in stages:
-                stage.apply(None)
-        elif len(inputs) == 1 and stages:  # statistics, removal and outputs in one pass
-            handles = [stage.attach(shrink_on_sight=True) for stage in stages]
-            try:
-                outputs = run_block(block, inputs)
-            finally:
-                for handle in handles:
-                    handle.remove()
-        else:
-            for stage in stages:
-                handle = stage.attach(shrink_on_sight=False)
-                try:
-                    run_block(block, inputs)
-                finally:
-                    handle.remove()
-                stage.finish()
-        del dense_inputs, stages
-        if steps:
-            context.weights = block_weights(block)
-            changed = [step.after_prune(context) for step in steps]
-            if any(changed):
-                outputs = None
-        run = following_run(index, removed_blocks) if options.block_correction else []
-        if inputs and run:  # the removed run after this block gets its bridge, folded into this block
-            outputs, record["bridge"] = bridge_run(block, layout, inputs, [blocks[i] for i in run], lifecycle.device, damp)
-        elif inputs and outputs is None:
-            outputs = run_block(block, inputs)
-        if inputs:
-            propagate(inputs, outputs)
-
-    lifecycle.sweep(f"shrink {','.join(plan.units)}", visit, write=True)
-    return records
+    loop = _BlockLoop(lifecycle, layout, plan, inputs, removed_blocks, options, list(steps))
+    lifecycle.sweep(f"shrink {','.join(plan.units)}", loop.visit, write=True)
+    return loop.records
 
 
 def following_run(index: int, removed: list[int]) -> list[int]:
@@ -254,16 +225,129 @@ def propagate_hidden(hidden: list[torch.Tensor], outputs: list[torch.Tensor]) ->
     hidden[:] = outputs
 
 
-def unit_costs_intermediate(block: nn.Module, layout: FamilyLayout) -> int:
-    return weight_matrix(submodule(block, layout.mlp_consumer)).shape[1]
-
-
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # tied parameters count once
 
 
 def parameter_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+@dataclass
+class _Calibration:
+    """The calibration windows a shrink reads (none when the weights alone decide)."""
+
+    chunks: list[torch.Tensor] | None
+    nsamples: int
+    seqlen: int
+    source: str | None
+
+    def report(self, seed: int) -> dict:
+        needed = self.chunks is not None
+        return {"source": self.source if needed else None, "nsamples": self.nsamples if needed else 0,
+                "seqlen": self.seqlen if needed else 0, "seed": seed, "chunks": len(self.chunks) if self.chunks else 0}
+
+
+def _calibration(model: nn.Module, tokenizer, options: ShrinkOptions, plan: ShrinkPlan, steps: list[BlockStep],
+                 calibration_ids: torch.Tensor | None) -> _Calibration:
+    from ..calibration import calibration_chunks
+
+    needs_data = (options.score != "magnitude" or options.compensate or plan.blocks_removed > 0 or bool(steps)
+                  or options.distill_steps > 0)
+    if not needs_data:
+        return _Calibration(None, options.nsamples, options.seqlen, None)
+    chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, options.calibration, options.nsamples, options.seqlen,
+                                                  options.seed, options.batch_size, calibration_ids)
+    return _Calibration(chunks, nsamples, seqlen, "given token ids" if calibration_ids is not None else options.calibration)
+
+
+def _with_bridge_or_note(model: nn.Module, layout: FamilyLayout, plan: ShrinkPlan,
+                         options: ShrinkOptions) -> tuple[ShrinkOptions, str | None]:
+    """The default asks for the removed runs' bridge; a family that cannot take it gets none, and a note."""
+    note = bridge_unavailable(layout) if options.block_correction and plan.blocks_removed else None
+    if note:
+        print(f"llmprune: note: removed blocks get no linear bridge in model type '{model.config.model_type}': {note}", flush=True)
+        options = replace(options, block_correction=False)
+    return options, note
+
+
+@dataclass
+class _Shrunk:
+    """What a shrink did, for its report."""
+
+    layout: FamilyLayout
+    costs: UnitCosts
+    plan: ShrinkPlan
+    options: ShrinkOptions
+    calibration: _Calibration
+    ranking: BlockRanking
+    records: dict[int, dict]
+    bridge_note: str | None
+    config_changes: dict
+    distilled: dict | None
+
+
+def _finalize(model: nn.Module, dense: nn.Module | None, layout: FamilyLayout, plan: ShrinkPlan, removed: list[int],
+              chunks: list[torch.Tensor] | None, options: ShrinkOptions, device) -> tuple[dict, dict | None]:
+    """Drop the removed blocks, write the config, and (with ``dense``) distil the shrunk model towards the dense one;
+    returns the config changes and the distillation's report."""
+    BLOCKS.remove(model, layout, removed)
+    config_changes = finalize_config(model, layout, plan.intermediate, plan.heads, plan.kv_heads, removed)
+    if dense is None:
+        return config_changes, None
+    distilled = distill(model, dense, torch.cat(list(chunks)), int(options.distill_steps), float(options.distill_lr),
+                        int(options.distill_batch_size), device, options.seed, options.progress)
+    return config_changes, distilled
+
+
+def _report(model: nn.Module, shrunk: _Shrunk, before: dict, started: float, steps: list[BlockStep]) -> dict:
+    from ..process import peak_gpu_mb, peak_rss_mb, versions
+
+    plan, options, ranking, records = shrunk.plan, shrunk.options, shrunk.ranking, shrunk.records
+    _, blocks = find_blocks(model)
+    report = {
+        "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
+        "method": "shrink",
+        "ratio": options.ratio,
+        "ratio_reached": round(plan.reached, 5),
+        "ratio_step": round(plan.step, 5),
+        "units": list(plan.units),
+        "notes": plan.notes,
+        "score": options.score,
+        "block_score": options.block_score if plan.blocks_removed else None,
+        "compensate": options.compensate,
+        "refit_target": options.refit_target if options.compensate else None,
+        "damp": options.damp,
+        "multiple_of": options.multiple_of,
+        "kept": {"intermediate_size": plan.intermediate if shrunk.layout.mlp_consumer else None, "num_attention_heads": plan.heads,
+                 "num_key_value_heads": plan.kv_heads, "num_hidden_layers": shrunk.costs.blocks - len(ranking.removed)},
+        "config_changes": shrunk.config_changes,
+        "parameters": {"before": before["parameters"], "after": parameter_count(model),
+                       "blocks_before": before["block_parameters"], "blocks_after": parameter_count(blocks)},
+        "weight_bytes": {"before": before["bytes"], "after": parameter_bytes(model)},
+        "removed_blocks": ranking.removed,
+        "block_influence": [round(value, 5) for value in ranking.influence] if ranking.influence else None,
+        "block_skip_loss": [round(value, 5) for value in ranking.losses] if ranking.losses else None,
+        "block_correction": bridge_report(records, ranking.removed, options.block_correction, shrunk.bridge_note),
+        "blocks": {str(index): record for index, record in records.items() if record},
+        "calibration": shrunk.calibration.report(options.seed),
+        "shrink_seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": peak_gpu_mb(),
+        "versions": versions(),
+    }
+    if shrunk.distilled is not None:
+        report["distill"] = shrunk.distilled
+    for step in steps:
+        entry = step.finalize(model)
+        if entry is not None:
+            report[step.name] = entry
+    return report
+
+
+def _sizes(model: nn.Module) -> dict:
+    _, blocks = find_blocks(model)
+    return {"parameters": parameter_count(model), "bytes": parameter_bytes(model), "block_parameters": parameter_count(blocks)}
 
 
 def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = None, *,
@@ -286,95 +370,28 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token
     ids) replace the calibration text.
     """
-    from ..calibration import calibration_chunks
-    from ..process import peak_gpu_mb, peak_rss_mb, versions
-
     options = with_overrides(options, **overrides)
     options.validate()
-    progress, device = options.progress, resolve_device(options.device)
-    started = time.perf_counter()
+    device, started = resolve_device(options.device), time.perf_counter()
     # Plan, then validate (transformers' config class and a meta-device model), then work.
     layout, costs, plan = plan_shrink(model, options.ratio, options.units, int(options.multiple_of))
     for note in plan.notes:
         print(f"llmprune: {note}", flush=True)
-    params_before, bytes_before = parameter_count(model), parameter_bytes(model)
-    _, blocks = find_blocks(model)
-    block_params_before = parameter_count(blocks)
+    before = _sizes(model)
     reconstruction = options.reconstruction()
     steps = [reconstruction] if reconstruction else []
-    needs_data = options.score != "magnitude" or options.compensate or plan.blocks_removed > 0 or bool(steps) or options.distill_steps > 0
-    source = "given token ids" if calibration_ids is not None else options.calibration
-    chunks, nsamples, seqlen = None, options.nsamples, options.seqlen
-    if needs_data:
-        chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, options.calibration, options.nsamples, options.seqlen,
-                                                      options.seed, options.batch_size, calibration_ids)
+    calibration = _calibration(model, tokenizer, options, plan, steps, calibration_ids)
     was_training = model.training
     model.eval()
     dense = copy.deepcopy(model) if options.distill_steps else None  # the distillation's teacher
-    inputs = capture_block_inputs(model, chunks, device) if needs_data else None
-    bridge_note = bridge_unavailable(layout) if options.block_correction and plan.blocks_removed else None
-    if bridge_note:  # the default asks for the bridge; this family cannot take it
-        print(f"llmprune: note: removed blocks get no linear bridge in model type '{model.config.model_type}': {bridge_note}", flush=True)
-        options = replace(options, block_correction=False)
-    removed_blocks, influence, losses = [], None, None
-    if plan.blocks_removed and options.block_score == "loss":
-        losses = block_skip_losses(model, find_blocks(model)[1], chunks, progress)
-        removed_blocks = choose_blocks("loss", plan.blocks_removed, losses=losses)
-    elif plan.blocks_removed:
-        influence, boundaries = block_removal_scores(Lifecycle(model, device=device, progress=progress), inputs,
-                                                     boundaries_too=options.block_score == "span")
-        removed_blocks = choose_blocks(options.block_score, plan.blocks_removed, influence, boundaries)
-        del boundaries
-    if inputs is None:  # magnitude without compensation: weights alone decide
-        inputs = []
-    records = shrink_blocks(Lifecycle(model, device=device, progress=progress), layout, plan, inputs, removed_blocks,
-                            options, steps)
+    inputs = capture_block_inputs(model, calibration.chunks, device) if calibration.chunks is not None else None
+    options, bridge_note = _with_bridge_or_note(model, layout, plan, options)
+    ranking = BLOCKS.rank(model, plan.blocks_removed, options.block_score, calibration.chunks, inputs, device, options.progress)
+    records = shrink_blocks(Lifecycle(model, device=device, progress=options.progress), layout, plan,
+                            [] if inputs is None else inputs, ranking.removed, options, steps)
     del inputs
-    remove_blocks(model, layout, removed_blocks)
-    config_changes = finalize_config(model, layout, plan.intermediate, plan.heads, plan.kv_heads, removed_blocks)
-    distilled = None
-    if dense is not None:
-        distilled = distill(model, dense, torch.cat(list(chunks)), int(options.distill_steps), float(options.distill_lr),
-                            int(options.distill_batch_size), device, options.seed, progress)
-        del dense
+    config_changes, distilled = _finalize(model, dense, layout, plan, ranking.removed, calibration.chunks, options, device)
+    del dense
     model.train(was_training)
-    _, blocks = find_blocks(model)
-    report = {
-        "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
-        "method": "shrink",
-        "ratio": options.ratio,
-        "ratio_reached": round(plan.reached, 5),
-        "ratio_step": round(plan.step, 5),
-        "units": list(plan.units),
-        "notes": plan.notes,
-        "score": options.score,
-        "block_score": options.block_score if plan.blocks_removed else None,
-        "compensate": options.compensate,
-        "refit_target": options.refit_target if options.compensate else None,
-        "damp": options.damp,
-        "multiple_of": options.multiple_of,
-        "kept": {"intermediate_size": plan.intermediate if layout.mlp_consumer else None, "num_attention_heads": plan.heads,
-                 "num_key_value_heads": plan.kv_heads, "num_hidden_layers": costs.blocks - len(removed_blocks)},
-        "config_changes": config_changes,
-        "parameters": {"before": params_before, "after": parameter_count(model),
-                       "blocks_before": block_params_before, "blocks_after": parameter_count(blocks)},
-        "weight_bytes": {"before": bytes_before, "after": parameter_bytes(model)},
-        "removed_blocks": removed_blocks,
-        "block_influence": [round(value, 5) for value in influence] if influence else None,
-        "block_skip_loss": [round(value, 5) for value in losses] if losses else None,
-        "block_correction": bridge_report(records, removed_blocks, options.block_correction, bridge_note),
-        "blocks": {str(index): record for index, record in records.items() if record},
-        "calibration": {"source": source if needs_data else None, "nsamples": nsamples if needs_data else 0,
-                        "seqlen": seqlen if needs_data else 0, "seed": options.seed, "chunks": len(chunks) if chunks else 0},
-        "shrink_seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_gpu_mb": peak_gpu_mb(),
-        "versions": versions(),
-    }
-    if distilled is not None:
-        report["distill"] = distilled
-    for step in steps:
-        entry = step.finalize(model)
-        if entry is not None:
-            report[step.name] = entry
-    return report
+    shrunk = _Shrunk(layout, costs, plan, options, calibration, ranking, records, bridge_note, config_changes, distilled)
+    return _report(model, shrunk, before, started, steps)
