@@ -267,7 +267,7 @@ def parameter_bytes(module: nn.Module) -> int:
 
 
 def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = None, *,
-           calibration_ids: torch.Tensor | None = None, **overrides) -> dict:
+           calibration_ids: torch.Tensor | None = None, calibration_text=None, **overrides) -> dict:
     """Remove a fraction ``ratio`` of the decoder blocks' parameters as whole units, in place; returns the report.
 
     ``options`` (a ``ShrinkOptions``, or its fields as keyword ``overrides``: ``ratio``, ``units``, ``score``,
@@ -284,7 +284,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     uniform across blocks and rounded to ``multiple_of``; the plan is validated by transformers (the config
     class and a meta-device model of the shrunk config) before any block is touched, and the config is
     edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token
-    ids) replace the calibration text.
+    ids) replace the calibration text; ``calibration_text`` (a ``calibration.CalibrationText``) is that text
+    already read (the job shell reads it once, before the model loads).
     """
     from ..calibration import calibration_chunks
     from ..process import peak_rss_mb, versions
@@ -306,7 +307,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     source = "given token ids" if calibration_ids is not None else options.calibration
     chunks, nsamples, seqlen = None, options.nsamples, options.seqlen
     if needs_data:
-        chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, options.calibration, options.nsamples, options.seqlen,
+        chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, calibration_text or options.calibration, options.nsamples, options.seqlen,
                                                       options.seed, options.batch_size, calibration_ids)
     was_training = model.training
     model.eval()

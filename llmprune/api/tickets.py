@@ -1,0 +1,37 @@
+"""The API functions of the lottery-ticket commands (imp, lth, glue); the work is in ``llmprune.imp``."""
+from __future__ import annotations
+
+from ..errors import LLMPruneError
+
+
+def find_bert_tickets(options) -> dict:
+    """``llmprune imp``: lottery tickets in a pretrained BERT-family encoder (an ``IMPConfig``); the report."""
+    from ..imp.bert import run_imp
+
+    return run_imp(options)
+
+
+def find_tickets_from_scratch(options) -> dict:
+    """``llmprune lth``: lottery tickets of networks trained from scratch (an ``LTHConfig``); the report."""
+    from ..imp.lth import run_lth
+
+    return run_lth(options)
+
+
+def score_classifier(model_spec: str, task_spec: str, eval_file: str | None = None, max_eval_samples: int | None = None,
+                     max_length: int = 128, batch_size: int = 128) -> dict:
+    """``llmprune glue``: a saved classifier's official metrics on a task's validation split(s)."""
+    from ..imp.encoder import load_classifier
+    from ..imp.features import Encoded
+    from ..imp.tasks import load_task, subsample
+    from ..imp.train import evaluate
+
+    task = load_task(task_spec, eval_file)
+    model, tokenizer, _ = load_classifier(model_spec)
+    if model.config.num_labels != task.num_labels:
+        raise LLMPruneError(f"{model_spec} has a {model.config.num_labels}-label head but {task.name} "
+                            f"has {task.num_labels} labels")
+    evals = {split: Encoded(tokenizer, subsample(ex, max_eval_samples), max_length, task.is_regression)
+             for split, ex in task.eval_sets.items()}
+    metrics = evaluate(model, evals, task.metric, task.is_regression, batch_size)
+    return {"model": model_spec, "task": task.name, "examples": {s: len(d) for s, d in evals.items()}, "metrics": metrics}
