@@ -5,11 +5,12 @@
 evaluate). The CLI's flags are generated from these fields (name, type, help and default), YAML recipes
 (``configs/*.yaml``) use the same names, and ``validate()`` checks a job's values once, before any work.
 
-This module imports no torch and nothing of the engine (``tests/test_options_torch_free.py``): the engine
-objects a job needs (its method, target, layer selection, after-prune steps) are built from these options by
-``llmprune.api.build``, which also refuses what only the engine can judge (an N:M pattern, a method's keywords).
-The name tables below are the engine's own choices, kept here so the flags need no engine import; a test
-checks that each equals the engine's table.
+This module imports no torch and nothing of the engine (``tests/test_job_shell.py`` checks it in a fresh
+interpreter): the engine objects a job needs (its method, target, layer selection, after-prune steps) are built
+from these options by ``llmprune.api.build``, which also refuses what only the engine can judge (an N:M
+pattern, a method's keywords). The name tables below are the engine's choices, named here so the flags need no
+engine import: the expert and reconstruction modules import theirs from here, and a test checks that
+``METHODS`` names the methods of ``llmprune.methods``.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class PruneOptions:
             raise LLMPruneError(f"--owl and --allocation {self.allocation} ask for two allocations; give one")
         if allocation == "auto" and self.heldout_windows < 1:
             raise LLMPruneError(f"--heldout-windows must be at least 1, got {self.heldout_windows}")
-        if self.method not in METHODS:
+        if isinstance(self.method, str) and self.method not in METHODS:  # (Python may pass a method object)
             raise LLMPruneError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
         check_expert_options(self.expert_statistics, self.min_expert_tokens, self.expert_fallback)
         check_calibration_options(self)

@@ -38,7 +38,7 @@ class Step:
     stream: Callable[[CalibrationText], dict | None] = _nothing  # the job from disk instead (None: in memory)
 
 
-def run_job(options, step: Step) -> dict:
+def run_job(options: RunOptions | ShrinkRunOptions, step: Step) -> dict:
     """The whole job: every input is checked before the model is loaded, so bad input costs nothing and
     writes nothing. ``options``: a ``RunOptions`` or ``ShrinkRunOptions`` (model, output, evaluation fields)."""
     calibration = _check(options, step)
@@ -54,7 +54,7 @@ def run_job(options, step: Step) -> dict:
     return report
 
 
-def _check(options, step: Step) -> CalibrationText:
+def _check(options: RunOptions | ShrinkRunOptions, step: Step) -> CalibrationText:
     """Every check that needs no model; returns the calibration text, read here once (a missing or
     unreadable source fails before the model loads)."""
     options.validate()
@@ -73,7 +73,7 @@ def _check(options, step: Step) -> CalibrationText:
     return calibration
 
 
-def _in_memory(options, step: Step, calibration: CalibrationText) -> dict:
+def _in_memory(options: RunOptions | ShrinkRunOptions, step: Step, calibration: CalibrationText) -> dict:
     model, tokenizer = load_model(options.model, dtype=options.dtype, device=options.device)
     step.check_model(model)
     if options.output and options.save_format == "gguf":

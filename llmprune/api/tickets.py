@@ -1,7 +1,10 @@
 """The API functions of the lottery-ticket commands (imp, lth, glue); the work is in ``llmprune.imp``."""
 from __future__ import annotations
 
+import json
+
 from ..errors import LLMPruneError
+from ..io.atomic import write_file_atomically
 
 
 def find_bert_tickets(options) -> dict:
@@ -19,8 +22,9 @@ def find_tickets_from_scratch(options) -> dict:
 
 
 def score_classifier(model_spec: str, task_spec: str, eval_file: str | None = None, max_eval_samples: int | None = None,
-                     max_length: int = 128, batch_size: int = 128) -> dict:
-    """``llmprune glue``: a saved classifier's official metrics on a task's validation split(s)."""
+                     max_length: int = 128, batch_size: int = 128, json_path: str | None = None) -> dict:
+    """``llmprune glue``: a saved classifier's official metrics on a task's validation split(s), also written
+    (atomically) to ``json_path`` when given."""
     from ..imp.encoder import load_classifier
     from ..imp.features import Encoded
     from ..imp.tasks import load_task, subsample
@@ -34,4 +38,7 @@ def score_classifier(model_spec: str, task_spec: str, eval_file: str | None = No
     evals = {split: Encoded(tokenizer, subsample(ex, max_eval_samples), max_length, task.is_regression)
              for split, ex in task.eval_sets.items()}
     metrics = evaluate(model, evals, task.metric, task.is_regression, batch_size)
-    return {"model": model_spec, "task": task.name, "examples": {s: len(d) for s, d in evals.items()}, "metrics": metrics}
+    result = {"model": model_spec, "task": task.name, "examples": {s: len(d) for s, d in evals.items()}, "metrics": metrics}
+    if json_path:
+        write_file_atomically(json_path, json.dumps(result, indent=2) + "\n")
+    return result

@@ -48,17 +48,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def eval_options(args: argparse.Namespace) -> dict:
     """``evaluate()`` keyword arguments from parsed flags (absent flags keep evaluate's defaults)."""
-    options = {
-        "ppl": getattr(args, "ppl", None),
-        "tasks": getattr(args, "tasks", None),
-        "num_fewshot": getattr(args, "num_fewshot", None),
-        "limit": getattr(args, "limit", None),
-        "max_windows": getattr(args, "eval_windows", None),
-        "progress": getattr(args, "progress", None) is not False,
-    }
-    if getattr(args, "eval_seqlen", None) is not None:
+    options = {"ppl": args.ppl, "tasks": args.tasks, "num_fewshot": args.num_fewshot, "limit": args.limit,
+               "max_windows": args.eval_windows, "progress": args.progress}
+    if args.eval_seqlen is not None:
         options["seqlen"] = args.eval_seqlen
-    if getattr(args, "eval_batch_size", None) is not None:
+    if args.eval_batch_size is not None:
         options["batch_size"] = args.eval_batch_size
     return options
 

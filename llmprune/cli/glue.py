@@ -7,8 +7,6 @@ metrics on its validation split(s) and, with --json, writes them to a file.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 HELP = "score a saved classifier on a GLUE / offline / local task with its official metric"
@@ -28,9 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import score_classifier
 
-    result = score_classifier(args.model, args.task, args.eval_file, args.max_eval_samples, args.max_length, args.batch_size)
+    result = score_classifier(args.model, args.task, args.eval_file, args.max_eval_samples, args.max_length,
+                              args.batch_size, json_path=args.json)
     for name, value in result["metrics"].items():
         print(f"{result['task']} {name}: {value:.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
