@@ -46,6 +46,10 @@ def test_build_makes_the_engine_objects_and_refuses_what_only_the_engine_judges(
         build(PruneOptions(pattern="2:4", allocation="ramp"))
     with pytest.raises(LLMPruneError, match="unknown method"):
         build(PruneOptions(method="lottery"))
+    from llmprune.methods.wanda import Wanda
+
+    method = Wanda()  # Python may pass a method object instead of a name
+    assert build(PruneOptions(method=method)).method is method
 
 
 def _count_text_reads(monkeypatch) -> list[str]:
