@@ -16,10 +16,27 @@ SINGLE_PASS_ACTIVATION_BUDGET = 6 * 2**30
 CALIBRATION_PIECE_CHARS = 200_000
 
 
-def calibration_batch(tokenizer, source: str = "wikipedia", nsamples: int = 128, seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
+class CalibrationText:
+    """A calibration source's train split, read once: a job reads it before the model loads (a bad source
+    fails before any work) and draws every window from this one copy, tokenised once per tokenizer
+    (``--allocation auto``'s held-out windows too). The token ids of the bundled corpora are about 8 MB."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.text = load_text(source, split="train")
+        self._tokens: tuple[object, torch.Tensor] | None = None
+
+    def tokens(self, tokenizer) -> torch.Tensor:
+        if self._tokens is None or self._tokens[0] is not tokenizer:
+            self._tokens = (tokenizer, tokenize_corpus(tokenizer, self.text, piece_chars=CALIBRATION_PIECE_CHARS))
+        return self._tokens[1]
+
+
+def calibration_batch(tokenizer, source: str | CalibrationText = "wikipedia", nsamples: int = 128, seqlen: int = 2048,
+                      seed: int = 0) -> torch.Tensor:
     """``nsamples`` x ``seqlen`` token windows at random offsets in the source's train split."""
-    text = load_text(source, split="train")
-    return calibration_windows(tokenize_corpus(tokenizer, text, piece_chars=CALIBRATION_PIECE_CHARS), nsamples, seqlen, seed)
+    text = source if isinstance(source, CalibrationText) else CalibrationText(source)
+    return calibration_windows(text.tokens(tokenizer), nsamples, seqlen, seed)
 
 
 def chunk_count(model: nn.Module, nsamples: int, seqlen: int, batch_size: int | None) -> int:
@@ -32,7 +49,7 @@ def chunk_count(model: nn.Module, nsamples: int, seqlen: int, batch_size: int | 
     return max(1, -(-nsamples * per_sample // SINGLE_PASS_ACTIVATION_BUDGET))
 
 
-def calibration_chunks(model: nn.Module, tokenizer, source: str, nsamples: int, seqlen: int, seed: int,
+def calibration_chunks(model: nn.Module, tokenizer, source: str | CalibrationText, nsamples: int, seqlen: int, seed: int,
                        batch_size: int | None, calibration_ids: torch.Tensor | None = None) -> tuple[list[torch.Tensor], int, int]:
     """(chunks, nsamples, seqlen): the calibration windows, split into the chunks fed per pass.
 

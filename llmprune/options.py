@@ -1,9 +1,16 @@
-"""The options of a pruning job: the one place their defaults live.
+"""The options of a pruning job: the one place their defaults live, and the machinery every job's options share.
 
 ``PruneOptions`` says how to prune (the Python ``llmprune.prune`` takes it, or its fields as keywords);
 ``RunOptions`` adds what the ``llmprune`` command does around it (which model, where to save, what to
 evaluate). The CLI's flags are generated from these fields (name, type, help and default), YAML recipes
-(``configs/*.yaml``) use the same names, and ``validate()`` checks a job once, before any work.
+(``configs/*.yaml``) use the same names, and ``validate()`` checks a job's values once, before any work.
+
+This module imports no torch and nothing of the engine (``tests/test_job_shell.py`` checks it in a fresh
+interpreter): the engine objects a job needs (its method, target, layer selection, after-prune steps) are built
+from these options by ``llmprune.api.build``, which also refuses what only the engine can judge (an N:M
+pattern, a method's keywords). The name tables below are the engine's choices, named here so the flags need no
+engine import: the expert and reconstruction modules import theirs from here, and a test checks that
+``METHODS`` names the methods of ``llmprune.methods``.
 """
 from __future__ import annotations
 
@@ -13,17 +20,19 @@ from typing import Any
 
 import yaml
 
-from .anatomy import LayerSelection
-from .engine.experts import EXPERT_FALLBACKS, EXPERT_STATISTICS, ExpertPolicy
 from .errors import LLMPruneError
-from .methods import METHODS, SparsityTarget, get_method
-from .reconstruct import PARTS as RECONSTRUCT_PARTS, TARGETS as RECONSTRUCT_TARGETS, BlockReconstruction, check_reconstruct_options
 
 DEFAULT_SPARSITY = 0.5
 SAVE_FORMATS = ("dense", "sparse", "gguf")
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q4_k_m")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 ALLOCATIONS = ("uniform", "owl", "ramp", "auto")
+METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "admm")  # llmprune.methods.METHODS
+EXPERT_STATISTICS = ("routed", "all-tokens")  # llmprune.engine.experts
+EXPERT_FALLBACKS = ("all-tokens", "magnitude")
+MIN_EXPERT_TOKENS = 64
+RECONSTRUCT_TARGETS = ("teacher", "local")  # llmprune.reconstruct
+RECONSTRUCT_PARTS = ("block", "separate")
 
 
 def option(default: Any, help: str, group: str | None = None, **metadata: Any) -> Any:
@@ -70,9 +79,9 @@ class PruneOptions:
     reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction", "reconstruction")
     reconstruct_batch_size: int = option(4, "calibration windows per reconstruction step", "reconstruction")
     reconstruct_norms: bool = option(False, "also train the block's normalisation weights", "reconstruction")
-    min_expert_tokens: int = option(ExpertPolicy.min_tokens, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
-    expert_fallback: str = option(ExpertPolicy.fallback, "MoE: statistics for an expert below --min-expert-tokens: all-tokens (every token through that expert) or magnitude", "what to prune", choices=EXPERT_FALLBACKS)
-    expert_statistics: str = option(ExpertPolicy.statistics, "MoE: routed (each expert from the tokens routed to it) or all-tokens (every expert from every token)", "what to prune", choices=EXPERT_STATISTICS)
+    min_expert_tokens: int = option(MIN_EXPERT_TOKENS, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
+    expert_fallback: str = option(EXPERT_FALLBACKS[0], "MoE: statistics for an expert below --min-expert-tokens: all-tokens (every token through that expert) or magnitude", "what to prune", choices=EXPERT_FALLBACKS)
+    expert_statistics: str = option(EXPERT_STATISTICS[0], "MoE: routed (each expert from the tokens routed to it) or all-tokens (every expert from every token)", "what to prune", choices=EXPERT_STATISTICS)
     calibration: str = option("wikipedia", "wikipedia (bundled train split), code (the Python standard library's sources, train split), a .txt/.jsonl/.json file, or a hub dataset", "calibration")
     nsamples: int = option(128, "calibration windows", "calibration")
     seqlen: int = option(2048, "tokens per calibration window (capped at the model's limit)", "calibration")
@@ -82,59 +91,58 @@ class PruneOptions:
     progress: bool = option(True, "hide progress bars", "output and evaluation", flag="--no-progress")
     method_options: dict = option({}, "extra keyword arguments of the method (YAML and Python only)", "what to prune")
 
-    def target(self) -> SparsityTarget:
-        sparsity = self.sparsity if (self.sparsity is not None or self.pattern) else DEFAULT_SPARSITY
-        return SparsityTarget.parse(sparsity, self.pattern)
-
     def allocation_name(self) -> str:
         return "owl" if self.owl and self.allocation == "uniform" else self.allocation
 
-    def selection(self) -> LayerSelection:
-        return LayerSelection.of(self.targets, self.ignore)
-
-    def expert_policy(self) -> ExpertPolicy:
-        return ExpertPolicy(self.expert_statistics, int(self.min_expert_tokens), self.expert_fallback)
-
-    def pruning_method(self):
-        return get_method(self.method, **self.method_options)
-
-    def after_prune_steps(self) -> list:
-        """The after-prune steps this job asks for (block reconstruction)."""
-        if not self.reconstruct:
-            return []
-        return [BlockReconstruction(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
-                                    self.reconstruct_lr, self.reconstruct_batch_size, self.reconstruct_norms,
-                                    progress=self.progress)]
-
-    def needs_calibration(self) -> bool:
-        return self.pruning_method().needs_calibration or self.allocation_name() in ("owl", "auto") or self.reconstruct
-
     def validate(self) -> None:
-        """Every check that needs no model: bad values fail here, before anything is loaded."""
-        from .allocation import check_owl_options
-
-        target = self.target()
+        """Every check of a value on its own: bad values fail here, before anything is loaded (what needs the
+        engine to judge, such as an N:M pattern or a method's keywords, ``llmprune.api.build`` refuses next)."""
         allocation = self.allocation_name()
         if allocation not in ALLOCATIONS:
             raise LLMPruneError(f"unknown allocation '{self.allocation}' (use {', '.join(ALLOCATIONS)})")
         if self.owl and self.allocation not in ("uniform", "owl"):
             raise LLMPruneError(f"--owl and --allocation {self.allocation} ask for two allocations; give one")
-        check_owl_options(target, allocation == "owl", self.owl_m, self.owl_lambda)
-        if allocation in ("ramp", "auto") and target.semi_structured:
-            raise LLMPruneError(f"--allocation {allocation} gives blocks different sparsities, which an N:M pattern "
-                                f"({target.pattern}) cannot; use --sparsity")
         if allocation == "auto" and self.heldout_windows < 1:
             raise LLMPruneError(f"--heldout-windows must be at least 1, got {self.heldout_windows}")
-        self.pruning_method()
-        self.expert_policy().check()
-        for name in ("nsamples", "seqlen"):
-            if int(getattr(self, name)) < 1:
-                raise LLMPruneError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if isinstance(self.method, str) and self.method not in METHODS:  # (Python may pass a method object)
+            raise LLMPruneError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
+        check_expert_options(self.expert_statistics, self.min_expert_tokens, self.expert_fallback)
+        check_calibration_options(self)
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                       self.reconstruct_lr, self.reconstruct_batch_size)
-        if self.batch_size is not None and self.batch_size < 1:
-            raise LLMPruneError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def check_calibration_options(options) -> None:
+    """The calibration sizes every job that calibrates shares (``nsamples``, ``seqlen``, ``batch_size``)."""
+    for name in ("nsamples", "seqlen"):
+        if int(getattr(options, name)) < 1:
+            raise LLMPruneError(f"--{name} must be at least 1, got {getattr(options, name)}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise LLMPruneError(f"--batch-size must be at least 1, got {options.batch_size}")
+
+
+def check_expert_options(statistics: str, min_tokens: int, fallback: str) -> None:
+    if statistics not in EXPERT_STATISTICS:
+        raise LLMPruneError(f"unknown expert statistics '{statistics}' (use {' or '.join(EXPERT_STATISTICS)})")
+    if fallback not in EXPERT_FALLBACKS:
+        raise LLMPruneError(f"unknown expert fallback '{fallback}' (use {' or '.join(EXPERT_FALLBACKS)})")
+    if min_tokens < 0:
+        raise LLMPruneError(f"--min-expert-tokens must be at least 0, got {min_tokens}")
+
+
+def check_reconstruct_options(target: str, parts: str, steps: int, lr: float, batch_size: int) -> None:
+    """Bad reconstruction settings fail before anything is loaded."""
+    if target not in RECONSTRUCT_TARGETS:
+        raise LLMPruneError(f"unknown --reconstruct-target '{target}' (use {' or '.join(RECONSTRUCT_TARGETS)})")
+    if parts not in RECONSTRUCT_PARTS:
+        raise LLMPruneError(f"unknown --reconstruct-parts '{parts}' (use {' or '.join(RECONSTRUCT_PARTS)})")
+    if int(steps) < 0:
+        raise LLMPruneError(f"--reconstruct-steps must be at least 0, got {steps}")
+    if not float(lr) > 0:
+        raise LLMPruneError(f"--reconstruct-lr must be positive, got {lr}")
+    if int(batch_size) < 1:
+        raise LLMPruneError(f"--reconstruct-batch-size must be at least 1, got {batch_size}")
 
 
 @dataclass
@@ -169,10 +177,8 @@ class RunOptions(PruneOptions):
         super().validate()
         if self.save_format not in SAVE_FORMATS:
             raise LLMPruneError(f"unknown save format '{self.save_format}' (use {', '.join(SAVE_FORMATS)})")
-        if self.save_format == "gguf":
-            from .io.gguf_export import parse_gguf_type
-
-            parse_gguf_type(self.gguf_type)
+        if self.gguf_type not in GGUF_TYPES:
+            raise LLMPruneError(f"unknown GGUF type '{self.gguf_type}' (use {', '.join(GGUF_TYPES)})")
         if self.push_to_hub and not self.output:
             raise LLMPruneError("--push-to-hub needs --output (the folder that is uploaded)")
         if self.stream:
@@ -243,13 +249,20 @@ def defaults(cls: type) -> dict[str, Any]:
     return out
 
 
-def with_overrides(options: PruneOptions | None, cls: type = PruneOptions, **overrides) -> PruneOptions:
-    """``options`` (or the defaults) with keyword overrides; unknown keywords go to the method."""
+def with_overrides(options: Any | None, cls: type = PruneOptions, **overrides) -> Any:
+    """``options`` (or ``cls``'s defaults) with keyword overrides: the one override path of every job's options.
+
+    A keyword that is not a field goes to the method where the class has ``method_options`` (SparseGPT's
+    ``blocksize``), and fails in one line where it has not."""
     base = options if options is not None else cls()
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(base)}
+    unknown = {k: v for k, v in overrides.items() if k not in known}
+    if "method_options" not in known:
+        if unknown:
+            kind = type(base).__name__.removesuffix("Options").removesuffix("Run").lower()
+            raise LLMPruneError(f"unknown {kind} option(s) {', '.join(sorted(unknown))}")
+        return replace(base, **overrides)
     method_options = dict(base.method_options)
     method_options.update(overrides.pop("method_options", None) or {})
-    method_options.update({k: v for k, v in overrides.items() if k not in known})
+    method_options.update(unknown)
     return replace(base, **{k: v for k, v in overrides.items() if k in known}, method_options=method_options)
-
-

@@ -37,25 +37,10 @@ from .anatomy import PrunableWeight, block_weights
 from .engine import BlockContext, BlockInputs, BlockStep
 from .engine.capture import block_output
 from .errors import LLMPruneError
+from .options import check_reconstruct_options
 
-TARGETS = ("teacher", "local")
-PARTS = ("block", "separate")
 HELD_OUT_SHARE = 1 / 8
 BLOCK = "block"  # the name of the block's own output among the recorded targets
-
-
-def check_reconstruct_options(target: str, parts: str, steps: int, lr: float, batch_size: int) -> None:
-    """Bad reconstruction settings fail before anything is loaded."""
-    if target not in TARGETS:
-        raise LLMPruneError(f"unknown --reconstruct-target '{target}' (use {' or '.join(TARGETS)})")
-    if parts not in PARTS:
-        raise LLMPruneError(f"unknown --reconstruct-parts '{parts}' (use {' or '.join(PARTS)})")
-    if int(steps) < 0:
-        raise LLMPruneError(f"--reconstruct-steps must be at least 0, got {steps}")
-    if not float(lr) > 0:
-        raise LLMPruneError(f"--reconstruct-lr must be positive, got {lr}")
-    if int(batch_size) < 1:
-        raise LLMPruneError(f"--reconstruct-batch-size must be at least 1, got {batch_size}")
 
 
 # ---------------------------------------------------------------- micro-batches of windows

@@ -88,6 +88,8 @@ def test_a_flag_replaces_the_recipe_key_it_conflicts_with(capsys):
     parser = build_parser("prune")
     options = options_from_args(RunOptions, parser.parse_args(["--config", str(recipe), "--pattern", "2:4"]))
     assert options.pattern == "2:4" and options.sparsity is None and options.nsamples == 128
-    assert options.target().pattern == "2:4"
+    from llmprune.api.build import sparsity_target
+
+    assert sparsity_target(options).pattern == "2:4"
     options = options_from_args(RunOptions, parser.parse_args(["--config", str(recipe), "--sparsity", "0.6", "--method", "sparsegpt"]))
     assert (options.sparsity, options.method, options.seqlen) == (0.6, "sparsegpt", 2048)

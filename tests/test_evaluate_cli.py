@@ -134,23 +134,18 @@ def test_json_folder_must_exist(model_dir, words_file, tmp_path, capsys):
     assert_one_line_error(code, err, "does not exist")
 
 
-def test_eval_flags_fit_on_a_command_with_its_own_seqlen():
-    # The prune command owns --seqlen/--batch-size (calibration) and may define --eval-windows.
-    import argparse
+def test_eval_flags_map_onto_evaluate_keywords():
+    # The eval command's --seqlen/--batch-size are evaluation's (the prune command's are calibration's).
+    from llmprune.cli import build_parser
+    from llmprune.cli.evaluate import eval_options
 
-    from llmprune.cli.evaluate import add_eval_arguments, eval_options
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seqlen", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--eval-windows", type=int)
-    add_eval_arguments(parser, prune_command=True)
-    args = parser.parse_args(["--seqlen", "2048", "--eval-seqlen", "128", "--eval-batch-size", "2", "--eval-windows", "3",
-                              "--ppl", "wikipedia,c4", "--tasks", "rt_sentiment", "--limit", "5"])
-    assert args.seqlen == 2048
+    parser = build_parser("eval")
+    args = parser.parse_args(["--model", "m", "--seqlen", "128", "--batch-size", "2", "--eval-windows", "3",
+                              "--ppl", "wikipedia,c4", "--tasks", "rt_sentiment", "--limit", "5", "--no-progress"])
     assert eval_options(args) == {"ppl": "wikipedia,c4", "tasks": "rt_sentiment", "num_fewshot": None, "limit": 5,
-                                  "max_windows": 3, "progress": True, "seqlen": 128, "batch_size": 2}
-    assert parser.parse_args([]).ppl is None  # after pruning, evaluation is opt-in
+                                  "max_windows": 3, "progress": False, "seqlen": 128, "batch_size": 2}
+    assert eval_options(parser.parse_args(["--model", "m"])) == {
+        "ppl": "wikipedia", "tasks": None, "num_fewshot": None, "limit": None, "max_windows": None, "progress": True}
 
 
 def test_unreachable_hub_without_offline_mode_fails_at_once(model_dir, capsys, monkeypatch):

@@ -88,9 +88,9 @@ def test_every_layer_is_calibrated_on_what_the_pruned_model_feeds_it(monkeypatch
     ids = random_calibration()
     method = RecordingWanda()
     method.stats_of = []
-    import llmprune.options as options_module
+    import llmprune.api.build as build_module
 
-    monkeypatch.setattr(options_module, "get_method", lambda name, **kw: method)
+    monkeypatch.setattr(build_module, "get_method", lambda name, **kw: method)
     llmprune.prune(model, None, method="wanda", sparsity=0.5, calibration_ids=ids, progress=False, device="cpu")
     path, blocks = find_blocks(model)
     order = [(index, name) for index, block in enumerate(blocks) for name in prunable_weights(block)]

@@ -117,7 +117,8 @@ def test_reconstruction_after_block_removal_keeps_the_teacher_in_step():
 # ---------------------------------------------------------------- one options object
 
 def test_shrink_takes_the_options_object_or_its_fields_and_states_no_defaults_of_its_own():
-    assert set(inspect.signature(llmprune.shrink).parameters) == {"model", "tokenizer", "options", "calibration_ids", "overrides"}
+    assert set(inspect.signature(llmprune.shrink).parameters) == {"model", "tokenizer", "options", "calibration_ids",
+                                                                 "calibration_text", "overrides"}
     ids = random_calibration()
     by_keywords, by_object = build("llama"), build("llama")
     shrink(by_keywords, ratio=0.3, units="mlp", multiple_of=8, calibration_ids=ids, progress=False, device="cpu")

@@ -45,7 +45,7 @@ def heldout_loss(model, windows: torch.Tensor, batch_size: int = 4) -> float:
     return total / count
 
 
-def split_heldout(tokenizer, source: str, windows: int, seqlen: int, seed: int, chunks: list[torch.Tensor],
+def split_heldout(tokenizer, source: str | calibration.CalibrationText, windows: int, seqlen: int, seed: int, chunks: list[torch.Tensor],
                   calibration_ids: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(held-out windows, calibration chunks that remain): see the module docstring for where they come from."""
     if calibration_ids is None:

@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.gguf_export import export_gguf
+    from ..api import convert
 
-    written = export_gguf(args.folder, args.output, args.gguf_type, overwrite=args.overwrite, source=args.source_gguf)
+    written = convert(args.folder, args.output, args.gguf_type, overwrite=args.overwrite, source=args.source_gguf)
     types = ", ".join(f"{count} {kind}" for kind, count in written["tensor_types"].items())
     print(f"wrote {written['path']} ({written['architecture']}, {written['gguf_type']}, {written['bytes'] / 2**20:.1f} MiB; "
           f"tensors: {types}; tokenizer from {written['tokenizer_from']})")

@@ -27,14 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.loading import decompress_folder
+    from ..api import decompress
 
+    written = decompress(args.folder, args.output, overwrite=args.overwrite, save_format=args.save_format,
+                         gguf_type=args.gguf_type)
     if args.save_format == "gguf":
-        from ..io.gguf_export import gguf_folder_from
-
-        written = gguf_folder_from(args.folder, args.output, args.gguf_type, overwrite=args.overwrite)
         print(f"wrote {written['path']} ({written['gguf_type']}, {written['bytes'] / 2**20:.1f} MiB)")
-        return 0
-    out = decompress_folder(args.folder, args.output, overwrite=args.overwrite)
-    print(f"wrote a dense copy to {out}")
+    else:
+        print(f"wrote a dense copy to {written['path']}")
     return 0

@@ -7,8 +7,7 @@ ppl = exp(mean negative log-likelihood of every predicted token).
 from __future__ import annotations
 
 import argparse
-
-from ..errors import LLMPruneError
+from pathlib import Path
 
 HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next)"
 EPILOG = """examples:
@@ -29,48 +28,31 @@ At 135M parameters only wiki_next and wiki_lastword are well above chance and ra
 """
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser, prune_command: bool = False) -> None:
-    """The evaluation flags; ``prune_command=True`` adds them to the prune command.
-
-    There ``--seqlen`` and ``--batch-size`` belong to calibration, so evaluation uses
-    ``--eval-seqlen`` / ``--eval-batch-size``, and flags that command already defines are skipped.
-    Destinations are the same either way: ppl, tasks, num_fewshot, limit, eval_seqlen,
-    eval_windows, eval_batch_size (see ``eval_options``).
-    """
-    group = parser.add_argument_group("evaluation")
-    taken = set(parser._option_string_actions)  # argparse has no public "is this flag defined"
-
-    def add(flag: str, **kwargs) -> None:
-        if flag not in taken:
-            group.add_argument(flag, **kwargs)
-
-    add("--ppl", metavar="SOURCES", default=None if prune_command else "wikipedia",
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation flags, to destinations ppl, tasks, num_fewshot, limit, eval_seqlen, eval_windows,
+    eval_batch_size (see ``eval_options``; the prune and shrink commands take theirs from their options)."""
+    add = parser.add_argument_group("evaluation").add_argument
+    add("--ppl", metavar="SOURCES", default="wikipedia",
         help="comma-separated perplexity sources: wikipedia, code, wikitext2, ptb, c4, a .txt/.jsonl file, or none"
-        + ("" if prune_command else " (default: wikipedia)"))
+        " (default: wikipedia)")
     add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next)")
     add("--num-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
     add("--limit", type=float, help="at most this many documents per lm-eval task (below 1: a fraction)")
-    add("--eval-seqlen" if prune_command else "--seqlen", dest="eval_seqlen", type=int, default=None,
+    add("--seqlen", dest="eval_seqlen", type=int, default=None,
         help="perplexity window length in tokens (default: 512, or the model's context if shorter)")
     add("--eval-windows", dest="eval_windows", type=int, default=None,
         help="score at most this many windows from the start (default: all; c4: 256)")
-    add("--eval-batch-size" if prune_command else "--batch-size", dest="eval_batch_size", type=int, default=None,
+    add("--batch-size", dest="eval_batch_size", type=int, default=None,
         help="windows / lm-eval requests per forward pass (default: 4)")
 
 
 def eval_options(args: argparse.Namespace) -> dict:
     """``evaluate()`` keyword arguments from parsed flags (absent flags keep evaluate's defaults)."""
-    options = {
-        "ppl": getattr(args, "ppl", None),
-        "tasks": getattr(args, "tasks", None),
-        "num_fewshot": getattr(args, "num_fewshot", None),
-        "limit": getattr(args, "limit", None),
-        "max_windows": getattr(args, "eval_windows", None),
-        "progress": getattr(args, "progress", None) is not False,
-    }
-    if getattr(args, "eval_seqlen", None) is not None:
+    options = {"ppl": args.ppl, "tasks": args.tasks, "num_fewshot": args.num_fewshot, "limit": args.limit,
+               "max_windows": args.eval_windows, "progress": args.progress}
+    if args.eval_seqlen is not None:
         options["seqlen"] = args.eval_seqlen
-    if getattr(args, "eval_batch_size", None) is not None:
+    if args.eval_batch_size is not None:
         options["batch_size"] = args.eval_batch_size
     return options
 
@@ -87,25 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.loading import load_causal_lm
-    from ..process import resolve_device
-    from ..evaluate.run import evaluate, format_table, write_results
+    from ..api import evaluate_model
+    from ..evaluate.run import format_table
 
-    options = eval_options(args)
-    if options["max_windows"] is not None and options["max_windows"] < 1:
-        raise LLMPruneError("--eval-windows must be positive")
-    if args.json:  # fail before minutes of evaluation, not after
-        from pathlib import Path
-
-        parent = Path(args.json).expanduser().parent
-        if not parent.is_dir():
-            raise LLMPruneError(f"cannot write {args.json}: the folder {parent} does not exist")
-    device = resolve_device(args.device)
-    model, tokenizer, path = load_causal_lm(args.model, dtype=args.dtype, device=device)
-    model.to(device)
-    results = evaluate(model, tokenizer, **options)
-    results["model"] = {"spec": args.model, "path": path, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "device": device}
+    results = evaluate_model(args.model, dtype=args.dtype, device=args.device, json_path=args.json, **eval_options(args))
     print(format_table(results))
     if args.json:
-        print(f"\nresults written to {write_results(results, args.json)}")
+        print(f"\nresults written to {Path(args.json).expanduser()}")
     return 0

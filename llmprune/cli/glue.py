@@ -7,10 +7,7 @@ metrics on its validation split(s) and, with --json, writes them to a file.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..errors import LLMPruneError
 
 HELP = "score a saved classifier on a GLUE / offline / local task with its official metric"
 
@@ -26,28 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--json", help="also write the metrics to this file")
 
 
-def score(model_spec: str, task_spec: str, eval_file: str | None = None, max_eval_samples: int | None = None,
-          max_length: int = 128, batch_size: int = 128) -> dict:
-    from ..tickets.bert.encoder import load_classifier
-    from ..tickets.bert.features import Encoded
-    from ..tickets.bert.fine_tuning import evaluate
-    from ..tickets.bert.text_tasks import load_task, subsample
-
-    task = load_task(task_spec, eval_file)
-    model, tokenizer, _ = load_classifier(model_spec)
-    if model.config.num_labels != task.num_labels:
-        raise LLMPruneError(f"{model_spec} has a {model.config.num_labels}-label head but {task.name} "
-                            f"has {task.num_labels} labels")
-    evals = {split: Encoded(tokenizer, subsample(ex, max_eval_samples), max_length, task.is_regression)
-             for split, ex in task.eval_sets.items()}
-    metrics = evaluate(model, evals, task.metric, task.is_regression, batch_size)
-    return {"model": model_spec, "task": task.name, "examples": {s: len(d) for s, d in evals.items()}, "metrics": metrics}
-
-
 def run(args: argparse.Namespace) -> int:
-    result = score(args.model, args.task, args.eval_file, args.max_eval_samples, args.max_length, args.batch_size)
+    from ..api import score_classifier
+
+    result = score_classifier(args.model, args.task, args.eval_file, args.max_eval_samples, args.max_length,
+                              args.batch_size, json_path=args.json)
     for name, value in result["metrics"].items():
         print(f"{result['task']} {name}: {value:.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -32,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tickets.bert.bert_domain import run_imp
+    from ..api import find_bert_tickets
     from ..tickets.bert.imp_config import IMPConfig
 
-    report = run_imp(options_from_args(IMPConfig, args))
+    report = find_bert_tickets(options_from_args(IMPConfig, args))
     dense = report["dense"]
     print(f"dense {report['metric']}: {dense['mean']:.4f} ± {dense['std']:.4f} over {len(report['seeds'])} seed(s)")
     for row in report["rows"][1:]:

@@ -24,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inspect import format_table, inspect_folder
+    from ..api import inspect_model
+    from ..inspect import format_table
 
-    info = inspect_folder(args.folder, pattern=args.pattern)
+    info = inspect_model(args.folder, pattern=args.pattern)
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
     else:

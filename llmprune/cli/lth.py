@@ -44,10 +44,10 @@ def _cell(entry: dict, key: str, scale: float, form: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tickets.scratch.vision_domain import run_lth
+    from ..api import find_tickets_from_scratch
     from ..tickets.scratch.lth_config import LTHConfig
 
-    report = run_lth(options_from_args(LTHConfig, args))
+    report = find_tickets_from_scratch(options_from_args(LTHConfig, args))
     key = report["score"]
     accuracy = key == "test_accuracy"
     scale, unit = (100, "%") if accuracy else (1, "")

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.hub import push_folder
+    from ..api import push
 
-    url = push_folder(
+    url = push(
         args.folder, args.repo_id, private=args.private, revision=args.revision,
         token=args.token, dry_run=args.dry_run, commit_message=args.message,
     )

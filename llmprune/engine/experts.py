@@ -23,10 +23,11 @@ from torch import nn
 
 from ..anatomy import DOWN, GATE, UP, ExpertLayout, PrunableWeight
 from ..errors import LLMPruneError
+from ..options import EXPERT_FALLBACKS, EXPERT_STATISTICS, MIN_EXPERT_TOKENS, check_expert_options
 
-ROUTED, ALL_TOKENS, MAGNITUDE = "routed", "all-tokens", "magnitude"
-EXPERT_STATISTICS = (ROUTED, ALL_TOKENS)
-EXPERT_FALLBACKS = (ALL_TOKENS, MAGNITUDE)
+# The choices are named in the torch-free options (the flags list them); here they are what the engine does.
+ROUTED, ALL_TOKENS = EXPERT_STATISTICS
+MAGNITUDE = EXPERT_FALLBACKS[1]
 
 
 @dataclass(frozen=True)
@@ -34,16 +35,11 @@ class ExpertPolicy:
     """Where routed experts take their statistics from (the defaults of ``PruneOptions``)."""
 
     statistics: str = ROUTED
-    min_tokens: int = 64
+    min_tokens: int = MIN_EXPERT_TOKENS
     fallback: str = ALL_TOKENS
 
     def check(self) -> None:
-        if self.statistics not in EXPERT_STATISTICS:
-            raise LLMPruneError(f"unknown expert statistics '{self.statistics}' (use {' or '.join(EXPERT_STATISTICS)})")
-        if self.fallback not in EXPERT_FALLBACKS:
-            raise LLMPruneError(f"unknown expert fallback '{self.fallback}' (use {' or '.join(EXPERT_FALLBACKS)})")
-        if self.min_tokens < 0:
-            raise LLMPruneError(f"--min-expert-tokens must be at least 0, got {self.min_tokens}")
+        check_expert_options(self.statistics, self.min_tokens, self.fallback)
 
     def too_few(self, tokens: int) -> bool:
         """An expert with no token has no statistics of its own whatever the threshold."""

@@ -169,13 +169,16 @@ def run_tasks(
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started
-    results = {task: _metrics_of(values) for task, values in (output or {}).get("results", {}).items()}
-    n_samples = (output or {}).get("n-samples", {})
-    for task, counts in n_samples.items():
+    return {"tasks": _task_results(output or {}), "seconds": seconds, "limit": limit, "batch_size": batch_size}
+
+
+def _task_results(output: dict) -> dict:
+    """lm-eval's output -> {task: {metric: value, "samples": n, "num_fewshot": k}}."""
+    results = {task: _metrics_of(values) for task, values in output.get("results", {}).items()}
+    for task, counts in output.get("n-samples", {}).items():
         if task in results:
             results[task]["samples"] = int(counts.get("effective", counts.get("original", 0)))
-    configs = (output or {}).get("configs", {})
-    for task, config in configs.items():
+    for task, config in output.get("configs", {}).items():
         if task in results and "num_fewshot" in config:
             results[task]["num_fewshot"] = int(config["num_fewshot"] or 0)
-    return {"tasks": results, "seconds": seconds, "limit": limit, "batch_size": batch_size}
+    return results

@@ -38,6 +38,24 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _check_inputs(model, tokenizer, sources: list[str], task_names: list[str], seqlen: int | None, split: str,
+                  max_windows: int | None, num_fewshot: int | None, limit: int | float | None) -> int:
+    """The perplexity window length; every corpus is loaded and tokenised and every task checked before
+    anything is scored, so a missing dataset or a misspelt task fails at once, not after minutes of perplexity."""
+    if not sources and not task_names:
+        raise LLMPruneError("nothing to evaluate: give perplexity sources (--ppl) and/or lm-eval tasks (--tasks)")
+    context = model_max_length(model)
+    if seqlen is None:  # the protocol's 512, or the whole context of a model with less
+        seqlen = min(DEFAULT_SEQLEN, context or DEFAULT_SEQLEN)
+    if sources and context is not None and seqlen > context:
+        raise LLMPruneError(f"--seqlen {seqlen} exceeds the model's context of {context} tokens")
+    for source in sources:
+        eval_windows(tokenizer, source, split, seqlen, max_windows)
+    if task_names:
+        prepare_tasks(task_names, num_fewshot, limit)
+    return seqlen
+
+
 def evaluate(
     model,
     tokenizer,
@@ -62,20 +80,7 @@ def evaluate(
     sources = parse_sources(ppl)
     task_names = parse_tasks(tasks)
     limit = lm_eval_limit(limit)
-    if not sources and not task_names:
-        raise LLMPruneError("nothing to evaluate: give perplexity sources (--ppl) and/or lm-eval tasks (--tasks)")
-    context = model_max_length(model)
-    if seqlen is None:  # the protocol's 512, or the whole context of a model with less
-        seqlen = min(DEFAULT_SEQLEN, context or DEFAULT_SEQLEN)
-    if sources:
-        if context is not None and seqlen > context:
-            raise LLMPruneError(f"--seqlen {seqlen} exceeds the model's context of {context} tokens")
-    # Load and tokenise every corpus and check every task before scoring anything, so a missing
-    # dataset or a misspelt task fails at once rather than after minutes of perplexity.
-    for source in sources:
-        eval_windows(tokenizer, source, split, seqlen, max_windows)
-    if task_names:
-        prepare_tasks(task_names, num_fewshot, limit)
+    seqlen = _check_inputs(model, tokenizer, sources, task_names, seqlen, split, max_windows, num_fewshot, limit)
     results: dict = {
         "format": RESULTS_FORMAT,
         "settings": {

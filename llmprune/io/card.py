@@ -61,82 +61,76 @@ def _number(value) -> str:
     return str(value)
 
 
-def make_card(folder: str | Path, report: dict | None = None, repo_id: str | None = None) -> str:
-    """Card text: YAML metadata (base_model, library_name, tags) and a body from the report."""
-    folder = Path(folder)
-    report = read_report(folder) if report is None else report
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    sparse = sparsity_config(config)
-    model_class = (config.get("architectures") or ["AutoModelForCausalLM"])[0]
-    method = report.get("method")
-    pattern = report.get("pattern")
+def _header(report: dict, base: str | None, title: str) -> list[str]:
+    """The YAML metadata (base_model, library_name, tags) and the title."""
+    method, pattern = report.get("method"), report.get("pattern")
     tags = ["pruned", "sparse", "llmprune"] if method != "shrink" else ["pruned", "structured-pruning", "llmprune"]
     tags += [str(t) for t in (method, pattern or ("unstructured" if method and method != "shrink" else None)) if t]
-    base = base_model(report)
-
-    meta = []
-    if base:
-        meta.append(f"base_model: {json.dumps(base)}")
+    meta = [f"base_model: {json.dumps(base)}"] if base else []
     meta += ["library_name: transformers", "tags:", _yaml_list(tags)]
-    title = repo_id or folder.name
-    lines = ["---", *meta, "---", "", f"# {title}", ""]
+    return ["---", *meta, "---", "", f"# {title}", ""]
 
-    if method == "shrink":
-        source = base or report.get("model") or "the source model"
-        params = report.get("parameters") or {}
+
+def _shrink_section(report: dict, source: str) -> list[str]:
+    params = report.get("parameters") or {}
+    units = report.get("units")
+    return [
+        f"This model is `{source}` made smaller by llmprune's structured pruning (`llmprune shrink`): whole "
+        "MLP channels, attention heads or blocks were removed, so it is an ordinary smaller dense model.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| ratio of the blocks' parameters removed | {report.get('ratio')} |",
+        f"| units | {', '.join(units or []) if isinstance(units, list) else units} |",
+        f"| parameters before / after | {params.get('before')} / {params.get('after')} |",
+        "",
+    ]
+
+
+def _prune_section(report: dict, source: str) -> list[str]:
+    method, pattern = report.get("method"), report.get("pattern")
+    what = f"{pattern} semi-structured" if pattern else f"{_percent(report.get('target_sparsity'))} unstructured"
+    lines = [
+        f"This model is `{source}` pruned with **{method}** to {what} sparsity by llmprune.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| method | {method} |",
+        f"| pattern | {pattern or 'unstructured'} |",
+        f"| target sparsity | {_percent(report.get('target_sparsity'))} |",
+        f"| sparsity of the pruned layers | {_percent(report.get('total_sparsity'))} |",
+        f"| pruned layers | {len(report.get('layers') or {})} |",
+    ]
+    calibration = report.get("calibration") or {}
+    if calibration.get("source"):
         lines += [
-            f"This model is `{source}` made smaller by llmprune's structured pruning (`llmprune shrink`): whole "
-            "MLP channels, attention heads or blocks were removed, so it is an ordinary smaller dense model.",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            f"| ratio of the blocks' parameters removed | {report.get('ratio')} |",
-            f"| units | {', '.join(report.get('units') or []) if isinstance(report.get('units'), list) else report.get('units')} |",
-            f"| parameters before / after | {params.get('before')} / {params.get('after')} |",
-            "",
+            f"| calibration data | {calibration.get('source')} |",
+            f"| calibration samples x length | {calibration.get('nsamples')} x {calibration.get('seqlen')} tokens |",
+            f"| seed | {calibration.get('seed')} |",
         ]
-    elif method:
-        what = f"{pattern} semi-structured" if pattern else f"{_percent(report.get('target_sparsity'))} unstructured"
-        source = base or report.get("model") or "the source model"
-        lines += [
-            f"This model is `{source}` pruned with **{method}** to {what} sparsity by llmprune.",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            f"| method | {method} |",
-            f"| pattern | {pattern or 'unstructured'} |",
-            f"| target sparsity | {_percent(report.get('target_sparsity'))} |",
-            f"| sparsity of the pruned layers | {_percent(report.get('total_sparsity'))} |",
-            f"| pruned layers | {len(report.get('layers') or {})} |",
-        ]
-        calibration = report.get("calibration") or {}
-        if calibration.get("source"):
-            lines += [
-                f"| calibration data | {calibration.get('source')} |",
-                f"| calibration samples x length | {calibration.get('nsamples')} x {calibration.get('seqlen')} tokens |",
-                f"| seed | {calibration.get('seed')} |",
-            ]
-        else:
-            lines.append("| calibration data | none (data-free method) |")
-        if report.get("prune_seconds") is not None:
-            lines.append(f"| pruning time | {report['prune_seconds']} s |")
-        lines.append("")
     else:
-        lines += ["A model folder shared with llmprune. No pruning report was found next to the weights.", ""]
+        lines.append("| calibration data | none (data-free method) |")
+    if report.get("prune_seconds") is not None:
+        lines.append(f"| pruning time | {report['prune_seconds']} s |")
+    return lines + [""]
 
+
+def _evaluation_section(report: dict) -> list[str]:
     evaluation = report.get("eval") or {}
-    if evaluation:
-        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
-        for key, value in evaluation.items():
-            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                lines.append(f"| {EVAL_LABELS.get(key, key)} | {_number(value)} |")
-        lines.append("")
+    if not evaluation:
+        return []
+    lines = ["## Evaluation", "", "| metric | value |", "|---|---|"]
+    for key, value in evaluation.items():
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            lines.append(f"| {EVAL_LABELS.get(key, key)} | {_number(value)} |")
+    return lines + [""]
 
-    repo = repo_id or "THIS_REPO"
-    lines += ["## How to load", ""]
+
+def _loading_section(config: dict, repo: str, shrunk: bool) -> list[str]:
+    sparse = sparsity_config(config)
+    lines = ["## How to load", ""]
     if sparse:
-        lines += [
+        return lines + [
             f"The weights are stored in the compressed-tensors `{sparse.get('format')}` layout: zeros take "
             "no space on disk. Stock `transformers` cannot load this folder (it asks for the compressed-tensors "
             "package, whose current releases no longer read these layouts); llmprune restores the dense weights "
@@ -151,16 +145,36 @@ def make_card(folder: str | Path, report: dict | None = None, repo_id: str | Non
             "",
             "or write a dense copy of a downloaded folder once: `llmprune decompress FOLDER FOLDER-dense`.",
         ]
+    model_class = (config.get("architectures") or ["AutoModelForCausalLM"])[0]
+    return lines + [
+        "The weights are ordinary dense safetensors" + (":" if shrunk else " (the pruned weights are zeros):"),
+        "",
+        "```python",
+        f"from transformers import {model_class}, AutoTokenizer",
+        "",
+        f'model = {model_class}.from_pretrained("{repo}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        "```",
+    ]
+
+
+def make_card(folder: str | Path, report: dict | None = None, repo_id: str | None = None) -> str:
+    """Card text: YAML metadata (base_model, library_name, tags) and a body from the report."""
+    folder = Path(folder)
+    report = read_report(folder) if report is None else report
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    method = report.get("method")
+    base = base_model(report)
+    source = base or report.get("model") or "the source model"
+    lines = _header(report, base, repo_id or folder.name)
+    if method == "shrink":
+        lines += _shrink_section(report, source)
+    elif method:
+        lines += _prune_section(report, source)
     else:
-        lines += [
-            "The weights are ordinary dense safetensors" + (":" if method == "shrink" else " (the pruned weights are zeros):"),
-            "",
-            "```python",
-            f"from transformers import {model_class}, AutoTokenizer",
-            "",
-            f'model = {model_class}.from_pretrained("{repo}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-            "```",
-        ]
+        lines += ["A model folder shared with llmprune. No pruning report was found next to the weights.", ""]
+    lines += _evaluation_section(report)
+    lines += _loading_section(config, repo_id or "THIS_REPO", method == "shrink")
     lines.append("")
     return "\n".join(lines)

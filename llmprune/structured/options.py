@@ -8,10 +8,10 @@ pruning options' own fields (``shared_option``), so they are spelt, documented a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from ..errors import LLMPruneError
-from ..options import PruneOptions, RunOptions, option, shared_option
+from ..options import PruneOptions, RunOptions, option, shared_option, with_overrides as options_with_overrides
 from ..reconstruct import BlockReconstruction, check_reconstruct_options
 from .blocks import BLOCK_SCORES
 from .plan import UNITS, parse_units
@@ -138,12 +138,9 @@ class ShrinkOptions:
 
 
 def with_overrides(options: ShrinkOptions | None, **overrides) -> ShrinkOptions:
-    """``options`` (or the defaults) with keyword overrides; an unknown keyword fails in one line."""
-    base = options if options is not None else ShrinkOptions()
-    unknown = sorted(set(overrides) - {f.name for f in fields(base)})
-    if unknown:
-        raise LLMPruneError(f"unknown shrink option(s) {', '.join(unknown)}")
-    return replace(base, **overrides)
+    """``options`` (or the defaults) with keyword overrides, through the one override path of every job's
+    options; an unknown keyword fails in one line."""
+    return options_with_overrides(options, ShrinkOptions, **overrides)
 
 
 def _run_option(name: str, **metadata):

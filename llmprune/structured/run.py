@@ -249,15 +249,15 @@ class _Calibration:
 
 
 def _calibration(model: nn.Module, tokenizer, options: ShrinkOptions, plan: ShrinkPlan, steps: list[BlockStep],
-                 calibration_ids: torch.Tensor | None) -> _Calibration:
+                 calibration_ids: torch.Tensor | None, calibration_text=None) -> _Calibration:
     from ..calibration import calibration_chunks
 
     needs_data = (options.score != "magnitude" or options.compensate or plan.blocks_removed > 0 or bool(steps)
                   or options.distill_steps > 0)
     if not needs_data:
         return _Calibration(None, options.nsamples, options.seqlen, None)
-    chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, options.calibration, options.nsamples, options.seqlen,
-                                                  options.seed, options.batch_size, calibration_ids)
+    chunks, nsamples, seqlen = calibration_chunks(model, tokenizer, calibration_text or options.calibration, options.nsamples,
+                                                  options.seqlen, options.seed, options.batch_size, calibration_ids)
     return _Calibration(chunks, nsamples, seqlen, "given token ids" if calibration_ids is not None else options.calibration)
 
 
@@ -351,7 +351,7 @@ def _sizes(model: nn.Module) -> dict:
 
 
 def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = None, *,
-           calibration_ids: torch.Tensor | None = None, **overrides) -> dict:
+           calibration_ids: torch.Tensor | None = None, calibration_text=None, **overrides) -> dict:
     """Remove a fraction ``ratio`` of the decoder blocks' parameters as whole units, in place; returns the report.
 
     ``options`` (a ``ShrinkOptions``, or its fields as keyword ``overrides``: ``ratio``, ``units``, ``score``,
@@ -368,7 +368,8 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     uniform across blocks and rounded to ``multiple_of``; the plan is validated by transformers (the config
     class and a meta-device model of the shrunk config) before any block is touched, and the config is
     edited so the saved folder loads with stock transformers. ``calibration_ids`` (nsamples x seqlen token
-    ids) replace the calibration text.
+    ids) replace the calibration text; ``calibration_text`` (a ``calibration.CalibrationText``) is that text
+    already read (the job shell reads it once, before the model loads).
     """
     options = with_overrides(options, **overrides)
     options.validate()
@@ -380,7 +381,7 @@ def shrink(model: nn.Module, tokenizer=None, options: ShrinkOptions | None = Non
     before = _sizes(model)
     reconstruction = options.reconstruction()
     steps = [reconstruction] if reconstruction else []
-    calibration = _calibration(model, tokenizer, options, plan, steps, calibration_ids)
+    calibration = _calibration(model, tokenizer, options, plan, steps, calibration_ids, calibration_text)
     was_training = model.training
     model.eval()
     dense = copy.deepcopy(model) if options.distill_steps else None  # the distillation's teacher
