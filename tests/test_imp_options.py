@@ -8,11 +8,11 @@ import pytest
 from llmprune.cli import build_parser
 from llmprune.cli.dataclass_flags import options_from_args
 from llmprune.errors import LLMPruneError
-from llmprune.tickets.bert.imp_config import IMPConfig
-from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.bert.imp_options import IMPOptions
+from llmprune.tickets.scratch.lth_options import LTHOptions
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-JOBS = [("imp", IMPConfig), ("lth", LTHConfig)]
+JOBS = [("imp", IMPOptions), ("lth", LTHOptions)]
 
 
 def parse(command: str, argv: list[str]) -> argparse.Namespace:
@@ -38,14 +38,14 @@ def test_help_shows_the_dataclass_defaults(command, cls):
 
 def test_imp_defaults_are_one_experiment():
     # the Python default and the command's default were 5 and 9 rounds once: now one value
-    assert IMPConfig().rounds is None and parse("imp", []).rounds is None
-    assert IMPConfig().output == "imp-rt-polarity" and IMPConfig(task="x/my.csv").output == "imp-my"
+    assert IMPOptions().rounds is None and parse("imp", []).rounds is None
+    assert IMPOptions().output == "imp-rt-polarity" and IMPOptions(task="x/my.csv").output == "imp-my"
 
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("imp-*.yaml")) + sorted(CONFIGS.glob("lth-*.yaml")),
                          ids=lambda p: p.name)
 def test_recipes_load_the_same_through_python_and_cli(recipe):
-    command, cls = ("imp", IMPConfig) if recipe.name.startswith("imp-") else ("lth", LTHConfig)
+    command, cls = ("imp", IMPOptions) if recipe.name.startswith("imp-") else ("lth", LTHOptions)
     from_python = cls.from_recipe(recipe)
     assert options_from_args(cls, parse(command, ["--config", str(recipe)])) == from_python
     # a flag overrides a conflicting recipe key
@@ -56,19 +56,19 @@ def test_recipes_load_the_same_through_python_and_cli(recipe):
 
 def test_validation_happens_once_and_says_what_is_wrong(tmp_path):
     with pytest.raises(LLMPruneError, match="unknown baseline"):
-        IMPConfig(baselines="random-prune,nonsense")
+        IMPOptions(baselines="random-prune,nonsense")
     with pytest.raises(LLMPruneError, match="unknown control"):
-        LTHConfig(controls="reinit,magic")
-    assert LTHConfig(controls="all").controls == ["reinit", "random-mask", "one-shot"]
+        LTHOptions(controls="reinit,magic")
+    assert LTHOptions(controls="all").controls == ["reinit", "random-mask", "one-shot"]
     with pytest.raises(LLMPruneError, match="--hidden"):
-        LTHConfig(hidden="300,x")
+        LTHOptions(hidden="300,x")
     with pytest.raises(LLMPruneError, match="--rate must be between 0 and 1"):
-        LTHConfig(rate=1.5)
+        LTHOptions(rate=1.5)
     with pytest.raises(LLMPruneError, match="unknown --rewind"):
-        LTHConfig(rewind="step:-3")
+        LTHOptions(rewind="step:-3")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("preset: lenet\nno-progress: true\nlearning-rate: 1\n")
     with pytest.raises(LLMPruneError, match="unknown option.*learning_rate"):
-        LTHConfig.from_recipe(recipe)
+        LTHOptions.from_recipe(recipe)
     recipe.write_text("preset: lenet\nno-progress: true\n")
-    assert LTHConfig.from_recipe(recipe).progress is False
+    assert LTHOptions.from_recipe(recipe).progress is False

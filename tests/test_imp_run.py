@@ -9,7 +9,7 @@ from llmprune.errors import LLMPruneError
 from llmprune.tickets.bert import bert_domain, fine_tuning
 from llmprune.tickets.bert.bert_domain import run_imp
 from llmprune.tickets.bert.encoder import load_classifier, prunable_parameters
-from llmprune.tickets.bert.imp_config import IMPConfig
+from llmprune.tickets.bert.imp_options import IMPOptions
 from llmprune.tickets.ticket_masks import load_masks
 from tests.imp_helpers import synthetic_task_file, tiny_bert_folder
 
@@ -20,12 +20,12 @@ def assets(tmp_path_factory):
     return tiny_bert_folder(folder / "tiny"), synthetic_task_file(folder / "task.csv", 160)
 
 
-def config(assets, output, **overrides) -> IMPConfig:
+def config(assets, output, **overrides) -> IMPOptions:
     model, task = assets
     values = dict(model=str(model), task=str(task), output=str(output), rounds=2, seeds=1, epochs=1,
                   lr=1e-3, batch_size=16, progress=False, device="cpu")
     values.update(overrides)
-    return IMPConfig(**values)
+    return IMPOptions(**values)
 
 
 class SimulatedKill(BaseException):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.scratch.lth_options import LTHOptions
 from llmprune.tickets.scratch.stacked import StackedNet
 from llmprune.tickets.scratch.vision_domain import VisionDomain, run_lth
 
@@ -67,7 +67,7 @@ def record_jobs(monkeypatch) -> dict[str, dict]:
 def test_controls_start_from_the_late_rewind_point(folder, tmp_path, monkeypatch, parallel_jobs):
     jobs = record_jobs(monkeypatch)
     output = tmp_path / "run"
-    run_lth(LTHConfig(**tiny_settings(folder, output, rounds=2, rewind="step:5", controls="all",
+    run_lth(LTHOptions(**tiny_settings(folder, output, rounds=2, rewind="step:5", controls="all",
                                       parallel_jobs=parallel_jobs)))
     rewind = torch.load(Path(output) / "seed-0" / "rewind.pt", weights_only=True)
     initial = jobs["ticket r0"]["start"]
@@ -84,7 +84,7 @@ def test_controls_start_from_the_late_rewind_point(folder, tmp_path, monkeypatch
 @PATHS
 def test_every_job_of_a_seed_sees_the_same_batches_in_the_same_order(folder, tmp_path, monkeypatch, parallel_jobs):
     jobs = record_jobs(monkeypatch)
-    run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run", rounds=2, controls="reinit,random-mask",
+    run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "run", rounds=2, controls="reinit,random-mask",
                                       parallel_jobs=parallel_jobs)))
     reference = jobs["ticket r0"]["batches"]
     assert len(reference) == 40 and not torch.equal(reference[0], reference[1])

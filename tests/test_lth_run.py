@@ -11,7 +11,7 @@ from llmprune.cli import main
 from llmprune.errors import LLMPruneError
 from llmprune.tickets.pruning_rules import GlobalRule, LayerwiseRule
 from llmprune.tickets.scratch import vision_domain
-from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.scratch.lth_options import LTHOptions
 from llmprune.tickets.scratch.vision_data import load_data
 from llmprune.tickets.scratch.vision_domain import VisionDomain, run_lth
 from llmprune.tickets.scratch.vision_models import build_model, conv_net, initialise, lenet_300_100, prunable_weights
@@ -145,7 +145,7 @@ def test_no_regrowth_after_any_optimiser_step(folder):
 
 def test_rewind_and_controls_as_defined(folder, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run", controls="all")))
+    report = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "run", controls="all")))
     calls = recorder.by_desc()
     assert sorted(calls) == sorted(["ticket r0", "ticket r1", "ticket r2"]
                                    + [f"{c} r{r}" for r in (1, 2) for c in ("reinit", "random-mask", "one-shot")])
@@ -185,7 +185,7 @@ def test_rewind_and_controls_as_defined(folder, tmp_path, monkeypatch):
 
 def test_late_rewind_to_step_k(folder, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run", rounds=1, rewind="step:5")))
+    run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "run", rounds=1, rewind="step:5")))
     calls = recorder.by_desc()
     data = load_data(str(folder), seed=0, validation_size=40)
     domain = VisionDomain(data, lambda s: build_model("mlp", data.input_shape, data.classes, [12, 8], s),
@@ -199,23 +199,23 @@ def test_late_rewind_to_step_k(folder, tmp_path, monkeypatch):
         torch.testing.assert_close(start[key], value, rtol=0, atol=1e-6)
     assert not torch.equal(start["1.weight"], calls["ticket r0"]["start"]["1.weight"])
     with pytest.raises(LLMPruneError, match="past the end"):
-        run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "late", rewind="step:1000")))
+        run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "late", rewind="step:1000")))
 
 
 def test_resume_after_kill_gives_the_same_report(folder, tmp_path, monkeypatch):
     settings = dict(controls="reinit", trials=2, parallel_jobs=1)  # one model at a time
-    clean = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "clean", **settings)))
+    clean = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "clean", **settings)))
     Recorder(monkeypatch, fail_on_call=4)
     with pytest.raises(SimulatedKill):
-        run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "killed", **settings)))
+        run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "killed", **settings)))
     assert len(list((tmp_path / "killed").glob("seed-*/*/metrics.json"))) == 3
     again = Recorder(monkeypatch)
-    resumed = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "killed", **settings)))
+    resumed = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "killed", **settings)))
     assert len(again.calls) == 2 * 5 - 3  # only the unfinished jobs ran
     for key in ("rounds", "matching", "trials", "arms"):
         assert resumed[key] == clean[key], key
     with pytest.raises(LLMPruneError, match="other settings.*protocol"):
-        run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "killed", lr=1e-2, **settings)))
+        run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "killed", lr=1e-2, **settings)))
 
 
 def test_cli_report_csv_plots_and_ticket(folder, tmp_path, capsys):
@@ -247,7 +247,7 @@ def test_ticket_saved_at_the_deepest_matching_round(folder, tmp_path, monkeypatc
     real = vision_domain.summarise_curve
     monkeypatch.setattr(vision_domain, "summarise_curve", lambda curve, regression: {**real(curve, regression),
                                                                            "test_accuracy": 0.5})
-    report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run")))
+    report = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "run")))
     assert report["matching"]["down_to_round"] == 2 and report["ticket"]
     ticket = load_file(tmp_path / "run" / "ticket" / "initial_weights.safetensors")
     masks = load_file(tmp_path / "run" / "ticket" / "mask.safetensors")
@@ -281,12 +281,12 @@ def test_sum_of_two_finds_a_four_weight_ticket(tmp_path, capsys):
     assert report["permuted_ticket_ood_rmse"] > 10 * max(report["ticket_ood_rmse"], 1e-3)
     assert "surviving weights (trial 0)" in printed and "permuted_ticket_ood_rmse" in printed
     with pytest.raises(LLMPruneError, match="makes its own data"):
-        run_lth(LTHConfig(preset="sum-of-two", data="mnist1d", output=str(tmp_path / "x")))
+        run_lth(LTHOptions(preset="sum-of-two", data="mnist1d", output=str(tmp_path / "x")))
 
 
 def test_conv_preset_prunes_each_kind_of_layer_at_its_rate(folder, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "conv", preset="conv2", hidden=None, rounds=1, lr=None,
+    report = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "conv", preset="conv2", hidden=None, rounds=1, lr=None,
                                                iterations=20)))
     masks = recorder.by_desc()["ticket r1"]["masks"]
     names = list(masks)
@@ -302,7 +302,7 @@ def test_conv_preset_prunes_each_kind_of_layer_at_its_rate(folder, tmp_path, mon
 
 def test_global_pruning_and_its_random_mask_control(folder, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    report = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "global", pruning="global",
+    report = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "global", pruning="global",
                                                controls="random-mask")))
     assert [round(row["remaining"], 3) for row in report["rounds"]] == [1.0, 0.8, 0.64]
     calls = recorder.by_desc()

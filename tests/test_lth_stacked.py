@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from llmprune.tickets.scratch.lth_config import LTHConfig
+from llmprune.tickets.scratch.lth_options import LTHOptions
 from llmprune.tickets.scratch.stacked import StackedNet, stackable
 from llmprune.tickets.scratch.vision_data import load_data
 from llmprune.tickets.scratch.vision_domain import VisionDomain, run_lth
@@ -62,8 +62,8 @@ def test_stacked_forward_and_adam_are_k_separate_ones(folder):
 
 def test_stacked_jobs_equal_the_same_jobs_one_model_at_a_time(folder, tmp_path):
     settings = dict(trials=2, controls="reinit")
-    single = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "single", parallel_jobs=1, **settings)))
-    stacked = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "stacked", **settings)))
+    single = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "single", parallel_jobs=1, **settings)))
+    stacked = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "stacked", **settings)))
     for seed in (0, 1):
         for kind, r in [("ticket", 0), ("ticket", 1), ("ticket", 2), ("reinit", 1), ("reinit", 2)]:
             a = load_masks(tmp_path / "single" / f"seed-{seed}" / f"{kind}-r{r}" / "mask.pt")
@@ -130,13 +130,13 @@ def test_a_diverging_job_leaves_the_others_alone(folder):
 
 def test_resume_after_a_kill_in_a_stacked_round_gives_the_same_report(folder, tmp_path, monkeypatch):
     settings = dict(controls="reinit", trials=2)
-    clean = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "clean", **settings)))
+    clean = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "clean", **settings)))
     Recorder(monkeypatch, fail_on_call=2)  # round 0 (two dense tickets) done, killed in round 1
     with pytest.raises(SimulatedKill):
-        run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "killed", **settings)))
+        run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "killed", **settings)))
     assert sorted(p.parent.name for p in (tmp_path / "killed").glob("seed-*/*/metrics.json")) == ["ticket-r0"] * 2
     again = Recorder(monkeypatch)
-    resumed = run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "killed", **settings)))
+    resumed = run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "killed", **settings)))
     assert again.batches == 2 and len(again.calls) == 2 * 4  # rounds 1 and 2: ticket + reinit of both trials
     for key in ("rounds", "matching", "trials", "arms"):
         assert resumed[key] == clean[key], key
@@ -144,7 +144,7 @@ def test_resume_after_a_kill_in_a_stacked_round_gives_the_same_report(folder, tm
 
 def test_a_control_beside_a_ticket_uses_its_own_rounds_mask(folder, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run", controls="reinit,random-mask", trials=2)))
+    run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "run", controls="reinit,random-mask", trials=2)))
     calls = {(c["desc"], c["seed"]): c for c in recorder.calls}
     batches = {}
     for call in recorder.calls:
@@ -168,7 +168,7 @@ def test_a_control_beside_a_ticket_uses_its_own_rounds_mask(folder, tmp_path, mo
 
 def test_parallel_jobs_cuts_a_round_into_fixed_chunks(folder, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    run_lth(LTHConfig(**tiny_settings(folder, tmp_path / "run", controls="reinit", trials=3, rounds=1,
+    run_lth(LTHOptions(**tiny_settings(folder, tmp_path / "run", controls="reinit", trials=3, rounds=1,
                                       parallel_jobs=4)))
     sizes = {}
     for call in recorder.calls:

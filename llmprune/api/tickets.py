@@ -8,14 +8,14 @@ from ..io.atomic import write_file_atomically
 
 
 def find_bert_tickets(options) -> dict:
-    """``llmprune imp``: lottery tickets in a pretrained BERT-family encoder (an ``IMPConfig``); the report."""
+    """``llmprune imp``: lottery tickets in a pretrained BERT-family encoder (an ``IMPOptions``); the report."""
     from ..tickets.bert.bert_domain import run_imp
 
     return run_imp(options)
 
 
 def find_tickets_from_scratch(options) -> dict:
-    """``llmprune lth``: lottery tickets of networks trained from scratch (an ``LTHConfig``); the report."""
+    """``llmprune lth``: lottery tickets of networks trained from scratch (an ``LTHOptions``); the report."""
     from ..tickets.scratch.vision_domain import run_lth
 
     return run_lth(options)

@@ -26,16 +26,16 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..tickets.bert.imp_config import IMPConfig
+    from ..tickets.bert.imp_options import IMPOptions
 
-    add_dataclass_arguments(parser, IMPConfig)
+    add_dataclass_arguments(parser, IMPOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..api import find_bert_tickets
-    from ..tickets.bert.imp_config import IMPConfig
+    from ..tickets.bert.imp_options import IMPOptions
 
-    report = find_bert_tickets(options_from_args(IMPConfig, args))
+    report = find_bert_tickets(options_from_args(IMPOptions, args))
     dense = report["dense"]
     print(f"dense {report['metric']}: {dense['mean']:.4f} ± {dense['std']:.4f} over {len(report['seeds'])} seed(s)")
     for row in report["rows"][1:]:

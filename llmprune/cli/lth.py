@@ -33,9 +33,9 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..tickets.scratch.lth_config import LTHConfig
+    from ..tickets.scratch.lth_options import LTHOptions
 
-    add_dataclass_arguments(parser, LTHConfig)
+    add_dataclass_arguments(parser, LTHOptions)
 
 
 def _cell(entry: dict, key: str, scale: float, form: str) -> str:
@@ -45,9 +45,9 @@ def _cell(entry: dict, key: str, scale: float, form: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import find_tickets_from_scratch
-    from ..tickets.scratch.lth_config import LTHConfig
+    from ..tickets.scratch.lth_options import LTHOptions
 
-    report = find_tickets_from_scratch(options_from_args(LTHConfig, args))
+    report = find_tickets_from_scratch(options_from_args(LTHOptions, args))
     key = report["score"]
     accuracy = key == "test_accuracy"
     scale, unit = (100, "%") if accuracy else (1, "")

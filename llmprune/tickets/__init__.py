@@ -7,9 +7,9 @@ options share: name lists, the rewind point, YAML recipes). A domain is one file
 job is, in the subfolder of its product:
 
 - ``bert/``: ``llmprune imp`` and ``llmprune glue``. ``bert_domain`` (a pretrained encoder fine-tuned
-  on a text task, Chen et al. 2020) with ``imp_config``, ``schedule``, ``text_tasks``,
+  on a text task, Chen et al. 2020) with ``imp_options``, ``schedule``, ``text_tasks``,
   ``task_metrics``, ``features``, ``encoder``, ``fine_tuning``, ``ticket_folder``, ``imp_report``.
 - ``scratch/``: ``llmprune lth``. ``vision_domain`` (LeNet, Conv-2/4/6 and MLPs trained from
-  scratch, Frankle & Carbin 2019) with ``lth_config``, ``vision_models``, ``vision_data``,
+  scratch, Frankle & Carbin 2019) with ``lth_options``, ``vision_models``, ``vision_data``,
   ``stacked``, ``lth_report``.
 """

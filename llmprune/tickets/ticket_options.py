@@ -1,9 +1,9 @@
 """What the options of every lottery-ticket job share: name lists, the rewind point, YAML recipes.
 
-Each domain's options are one dataclass beside it (``bert/imp_config.py``, ``scratch/lth_config.py``).
+Each domain's options are one dataclass beside it (``bert/imp_options.py``, ``scratch/lth_options.py``).
 Defaults live in those dataclasses and nowhere else: the CLI derives its flags (and the defaults
 ``--help`` shows) from the fields, recipes (``configs/imp-*.yaml``, ``configs/lth-*.yaml``) name the
-same fields, and ``__post_init__`` validates whatever filled them, once. Each field's ``help``
+same fields, and ``validate()`` (called on construction) checks and normalises whatever filled them. Each field's ``help``
 metadata is the flag's help text; ``flag`` renames a flag (``progress`` -> ``--no-progress``).
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ from .task_metrics import main_metric
 from ..pruning_rules import GlobalRule
 from ..runner import IMPRunner, RunDir
 from ..ticket_options import parse_rewind
-from .imp_config import IMPConfig
+from .imp_options import IMPOptions
 from .schedule import sparsity_schedule
 from .text_tasks import Task, load_task, subsample
 from .fine_tuning import TrainSettings, evaluate, fine_tune
@@ -32,7 +32,7 @@ NOT_COMPARED = ("output", "progress", "device", "overwrite")
 
 
 class BertDomain:
-    def __init__(self, config: IMPConfig):
+    def __init__(self, config: IMPOptions):
         self.config = config
         self.task: Task = load_task(config.task, config.eval_file)
         self.metric = main_metric(self.task.metric)
@@ -78,7 +78,7 @@ class BertDomain:
         return {"metrics": metrics, "steps": steps}
 
 
-def run_imp(config: IMPConfig) -> dict:
+def run_imp(config: IMPOptions) -> dict:
     """Run (or resume) everything, then write the report, the plot and the winning ticket."""
     from .imp_report import build_report, write_report
     from .ticket_folder import save_ticket
@@ -86,7 +86,7 @@ def run_imp(config: IMPConfig) -> dict:
     levels = sparsity_schedule(config.schedule, config.rounds, config.target_sparsity, config.rate)
     domain = BertDomain(config)
     compared = {k: v for k, v in asdict(config).items() if k not in NOT_COMPARED}
-    defaults = {f.name: getattr(IMPConfig(), f.name) for f in fields(IMPConfig) if f.name not in NOT_COMPARED}
+    defaults = {f.name: getattr(IMPOptions(), f.name) for f in fields(IMPOptions) if f.name not in NOT_COMPARED}
     runner = IMPRunner(domain, GlobalRule(levels), [config.seed + i for i in range(config.seeds)],
                        RunDir(config.output, compared, defaults, config.overwrite),
                        {b: BASELINE_KINDS[b] for b in config.baselines}, ticket_kind="imp",

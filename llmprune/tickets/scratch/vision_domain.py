@@ -26,7 +26,7 @@ from ..pruning_rules import GlobalRule, LayerwiseRule
 from ..runner import IMPRunner, RunDir
 from ..ticket_masks import Masks
 from ..ticket_options import parse_rewind
-from .lth_config import LTHConfig, parse_hidden
+from .lth_options import LTHOptions, parse_hidden
 from .stacked import StackedNet, stackable
 from .vision_data import Dataset, load_data
 from .vision_models import CONV_BLOCKS, build_model, glorot_gaussian_, prunable_weights
@@ -78,7 +78,7 @@ class Protocol:
     validation_size: int | None
 
 
-def resolve(config: LTHConfig) -> Protocol:
+def resolve(config: LTHOptions) -> Protocol:
     values = dict(PRESETS[config.preset])
     for key in ("data", "hidden", "iterations", "lr", "batch_size", "rate", "conv_rate", "output_rate", "rounds",
                 "rewind"):
@@ -354,7 +354,7 @@ def pruning_rule(protocol: Protocol, model: nn.Module):
     return LayerwiseRule({n: p.numel() for n, p in params.items()}, rates, protocol.rounds, protocol.min_keep)
 
 
-def run_lth(config: LTHConfig, model_factory: Callable[[int], nn.Module] | None = None,
+def run_lth(config: LTHOptions, model_factory: Callable[[int], nn.Module] | None = None,
             data: Dataset | None = None) -> dict:
     """Run (or resume) the experiment, then write lth_report.json/.csv, the plots and the winning ticket.
 

@@ -13,7 +13,7 @@ BERT_BASELINES = ("random-prune", "random-reinit", "one-shot")
 
 
 @dataclass
-class IMPConfig(RecipeMixin):
+class IMPOptions(RecipeMixin):
     """Lottery tickets in a pretrained BERT-family encoder (Chen et al. 2020)."""
 
     model: str = option("minilm", "BERT-family encoder: a folder, a hub id, or the alias bert/minilm")
@@ -48,6 +48,9 @@ class IMPConfig(RecipeMixin):
     overwrite: bool = option(False, "delete an existing run in --output and start again")
 
     def __post_init__(self):
+        self.validate()  # a ticket job's options are checked (and normalised) as soon as they exist
+
+    def validate(self) -> None:
         self.baselines = parse_name_list(self.baselines, BERT_BASELINES, "baseline(s)")
         parse_rewind(self.rewind)
         if self.rewind == "init":

@@ -12,7 +12,7 @@ PRESETS = ("lenet", "conv2", "conv4", "conv6", "sum-of-two")
 
 
 @dataclass
-class LTHConfig(RecipeMixin):
+class LTHOptions(RecipeMixin):
     """The original lottery-ticket experiments (Frankle & Carbin 2019). ``None`` means: the preset's value
     (``shown`` says which, in ``--help``)."""
 
@@ -51,6 +51,9 @@ class LTHConfig(RecipeMixin):
     overwrite: bool = option(False, "delete an existing run in --output and start again")
 
     def __post_init__(self):
+        self.validate()  # a ticket job's options are checked (and normalised) as soon as they exist
+
+    def validate(self) -> None:
         self.controls = parse_name_list(self.controls, LTH_CONTROLS, "control(s)")
         if self.rewind is not None:
             parse_rewind(self.rewind)
