@@ -45,8 +45,11 @@ def test_stacked_forward_and_adam_are_k_separate_ones(folder):
     shared = torch.randn(7, 1, 8, 8)
     torch.testing.assert_close(net.forward(shared, shared=True), torch.stack([m(shared) for m in models]),
                                rtol=1e-5, atol=1e-6)
-    # one Adam over [K, ...] tensors is K Adams, bit for bit: each of its operations is elementwise
-    stacked = torch.randn(3, 4, requires_grad=True)
+    # one Adam over [K, ...] tensors is K Adams: each of its operations is elementwise. Not bit for bit on
+    # every input: the fused CPU kernel rounded differently for 12 stacked elements than for 4 on some draws
+    # (likely its vector path against its scalar tail; seen twice in full-suite runs, whose global random
+    # state varies with test order); a job sharing moments with another is off by far more than this.
+    stacked = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     alone = [stacked[k].detach().clone().requires_grad_(True) for k in range(3)]
     optimisers = [torch.optim.Adam([p], lr=1e-2, fused=True) for p in alone]
     together = torch.optim.Adam([stacked], lr=1e-2, fused=True)
@@ -57,7 +60,8 @@ def test_stacked_forward_and_adam_are_k_separate_ones(folder):
         for k in range(3):
             alone[k].grad = gradient[k].clone()
             optimisers[k].step()
-    assert all(torch.equal(stacked[k], alone[k]) for k in range(3))
+    for k in range(3):
+        torch.testing.assert_close(stacked[k], alone[k], rtol=1e-6, atol=1e-7)
 
 
 def test_stacked_jobs_equal_the_same_jobs_one_model_at_a_time(folder, tmp_path):
