@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llmprune  # noqa: E402
 from llmprune.evaluate.perplexity import perplexity  # noqa: E402
+from llmprune.process import versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,7 +36,7 @@ def write_results(out: Path, command: str, args, rows: list[dict], started: floa
         "command": command,
         "settings": {**vars(args), "calibration": "wikipedia train, seed 0", "eval": "wikipedia test, 512-token windows",
                      "torch_threads": torch.get_num_threads(), "machine": "2 CPU cores shared with four other agents"},
-        "rows": rows, "seconds": round(time.perf_counter() - started, 1), "versions": llmprune.api.versions(),
+        "rows": rows, "seconds": round(time.perf_counter() - started, 1), "versions": versions(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
