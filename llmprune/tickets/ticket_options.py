@@ -38,7 +38,16 @@ def parse_rewind(spec: str) -> int:
 
 
 class RecipeMixin:
+    """What a ticket job's options class shares: recipes, and ``validate()`` as soon as the options exist
+    (it also normalises the name lists the runner reads)."""
+
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides):
         """A recipe's values, then ``overrides`` on top (what flags do on the command line)."""
         return from_recipe(cls, path, **overrides)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        raise NotImplementedError

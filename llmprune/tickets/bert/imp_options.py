@@ -47,9 +47,6 @@ class IMPOptions(RecipeMixin):
     progress: bool = option(True, "no progress bars", flag="--no-progress")
     overwrite: bool = option(False, "delete an existing run in --output and start again")
 
-    def __post_init__(self):
-        self.validate()  # a ticket job's options are checked (and normalised) as soon as they exist
-
     def validate(self) -> None:
         self.baselines = parse_name_list(self.baselines, BERT_BASELINES, "baseline(s)")
         parse_rewind(self.rewind)

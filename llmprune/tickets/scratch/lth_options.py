@@ -50,9 +50,6 @@ class LTHOptions(RecipeMixin):
     progress: bool = option(True, "no progress bars", flag="--no-progress")
     overwrite: bool = option(False, "delete an existing run in --output and start again")
 
-    def __post_init__(self):
-        self.validate()  # a ticket job's options are checked (and normalised) as soon as they exist
-
     def validate(self) -> None:
         self.controls = parse_name_list(self.controls, LTH_CONTROLS, "control(s)")
         if self.rewind is not None:
