@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "qwen-coder-1.5b.md"
 REPORTS = HERE / "results" / "qwen-coder-1.5b"
 COMMON = "--dtype bfloat16"
+METHOD_RUN = f"--model qwen-coder {COMMON} --nsamples 16 --seqlen 256 --calibration code --ppl code,wikipedia --eval-windows 16"
 
 # (report file, what, command after `llmprune`)
 ROWS = [
@@ -26,6 +27,13 @@ ROWS = [
     ("wanda-stream-eval.json", "the --stream Wanda 50% output (code calibration, 16 x 256), evaluated", "eval --model <that output folder> --dtype bfloat16 --ppl code --eval-windows 16 --json wanda-stream-eval.json"),
     ("wanda-code.json", "Wanda 50%, code calibration (16 x 256), sparse save", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --ppl code,wikipedia --eval-windows 16 --save-format sparse --output ... --report wanda-code.json"),
     ("wanda-wiki.json", "Wanda 50%, Wikipedia calibration (16 x 256)", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration wikipedia --ppl code,wikipedia --eval-windows 16 --report wanda-wiki.json"),
+    # (b): the second session's runs, every one with code calibration and both perplexities
+    ("sgpt50.json", "(b) SparseGPT 50%", f"{METHOD_RUN} --method sparsegpt --sparsity 0.5 --report sgpt50.json"),
+    ("mag50.json", "(b) magnitude 50%", f"{METHOD_RUN} --method magnitude --sparsity 0.5 --report mag50.json"),
+    ("wanda24.json", "(b) Wanda 2:4", f"{METHOD_RUN} --method wanda --pattern 2:4 --report wanda24.json"),
+    ("sgpt24.json", "(b) SparseGPT 2:4", f"{METHOD_RUN} --method sparsegpt --pattern 2:4 --report sgpt24.json"),
+    ("qwen-shrink25.json", "(b) shrink --ratio 0.25 (defaults: mlp,blocks, obs score, bridge)",
+     f"shrink --model qwen-coder {COMMON} --ratio 0.25 --nsamples 16 --seqlen 256 --calibration code --ppl code,wikipedia --eval-windows 16 --output ... --report qwen-shrink25.json"),
 ]
 
 
@@ -67,9 +75,10 @@ def main(run_dir: str) -> None:
             base = dense.get(source)
             return f"{value:.3f}" + (f" ({value / base:.2f}x)" if base and name != "dense-eval.json" else "")
 
-        seconds = f"{report['prune_seconds']:.0f}" if "prune_seconds" in report else ""
+        seconds = next((f"{report[key]:.0f}" for key in ("prune_seconds", "shrink_seconds") if key in report), "")
         peak = f"{report['peak_rss_mb']:.0f}" if "peak_rss_mb" in report else ""
-        sparsity = f"{report['total_sparsity']:.3f}" if "total_sparsity" in report else ""
+        sparsity = (f"{report['total_sparsity']:.3f}" if "total_sparsity" in report else
+                    f"{report['ratio_reached']:.3f} removed" if "ratio_reached" in report else "")
         lines.append(f"| {what} | {seconds} | {peak} | {sparsity} | {cell(code, 'code')} | {cell(wiki, 'wikipedia')} | `{command}` |")
     lines += ["", "Not run in this session (each 1.5B prune took 12-16 min of wall time on the shared machine; see the",
               "README's 1.5B section for what is measured and what is not): magnitude / SparseGPT / ADMM at 50% and 2:4,",
