@@ -106,6 +106,41 @@ def test_streaming_never_holds_the_whole_model(tmp_path, monkeypatch):
     assert live_blocks == [1, 1]  # one block in memory at a time
 
 
+
+def test_read_tensors_are_private_maps_of_the_file(tmp_path):
+    from safetensors import safe_open
+
+    source = _model_folder(tmp_path, "llama")
+    checkpoint = streaming.Checkpoint(source)
+    key = next(k for k in checkpoint.file_of if k.endswith("mlp.down_proj.weight"))
+    before = (source / checkpoint.file_of[key]).read_bytes()
+    tensor = checkpoint.read([key])[key]
+    with safe_open(source / checkpoint.file_of[key], framework="pt") as handle:
+        assert torch.equal(tensor, handle.get_tensor(key))
+    tensor.zero_()  # pruning writes in place: the copy is private, the input file stays as it was
+    assert (source / checkpoint.file_of[key]).read_bytes() == before
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_tensors_outside_the_blocks_are_copied_not_loaded(tmp_path, monkeypatch, tie):
+    """The embedding table and the head of a large vocabulary are the biggest tensors of a small
+    model: written byte for byte from the input, the head is never read into memory."""
+    source = _model_folder(tmp_path, "llama", tie=tie)
+    loaded, copied = [], []
+    load, copy = streaming.TensorPlaces.load, streaming.ShardWriter.copy_bytes
+    monkeypatch.setattr(streaming.TensorPlaces, "load", lambda self, checkpoint, names: (loaded.extend(names), load(self, checkpoint, names))[1])
+    monkeypatch.setattr(streaming.ShardWriter, "copy_bytes", lambda self, name, *a, **k: (copied.append(name), copy(self, name, *a, **k))[1])
+    llmprune.prune_folder(str(source), tmp_path / "out", sparsity=0.5, calibration_ids=random_calibration(), progress=False, device="cpu")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", framework="pt") as handle:
+        outside = {key for key in handle.keys() if not key.startswith("model.layers.")}
+    assert "model.embed_tokens.weight" in outside and sorted(copied) == sorted(outside)
+    assert "lm_head.weight" not in loaded
+    _in_memory(source, tmp_path / "memory", random_calibration(), sparsity=0.5)
+    assert _files(tmp_path / "out") == _files(tmp_path / "memory")
+
+
 KILLED_RUN = textwrap.dedent(
     """
     import sys, time

@@ -2,13 +2,14 @@
 
 ``StreamedModel`` is the block home the engine's lifecycle uses in streaming mode. The model is never
 materialised whole. Its skeleton is built on the meta device (no weight
-memory); the tensors outside the blocks (embeddings, positions, final norm, lm_head) and block 0
-are read from the input safetensors through memory maps (``safe_open``, one shard file at a
-time, via the index), the calibration inputs of block 0 are captured, and those outside tensors
-are written to the output and dropped. Then each block is loaded, pruned and run by the same
+memory); the tensors outside the blocks (embeddings, positions, final norm) are mapped from the
+input safetensors copy-on-write (only the pages a computation touches become resident: the
+embedding rows of the calibration tokens), the calibration inputs of block 0 are captured, and the
+tensors outside the blocks, lm_head included, are copied file to file into the output, never
+loaded whole. Then each block is loaded, pruned and run by the same
 lifecycle the in-memory mode uses (``engine.prune_model``), its tensors are written
 into the output shards at their final offsets, and it is dropped again. Peak memory is about one
-block, plus the calibration activations, plus (briefly, at the start) the outside tensors.
+block, plus the calibration activations.
 
 The output folder is byte for byte what the in-memory mode's ``save_pretrained`` writes: the
 shard plan, file names and index come from the same transformers/huggingface_hub functions
@@ -46,6 +47,7 @@ SAFETENSORS_DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }
+TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 # A temporary output folder holds this file while a streaming run writes into it; a leftover
 # whose process is gone is a run that was killed, and may be deleted.
 OWNER_FILE = ".llmprune-stream-owner"
@@ -72,6 +74,7 @@ class Checkpoint:
         else:
             raise LLMPruneError(f"{folder}: {unstreamable_reason(folder)}")
         self.file_of: dict[str, str] = weight_map
+        self._headers: dict[str, tuple[int, dict[str, Any]]] = {}
         # A folder in llmprune's sparse layout holds M.compressed, M.bitmask, ... for a weight M.weight:
         # the weight is listed under its own name and decompressed when read.
         config = sparsity_config(folder) or {}
@@ -89,16 +92,40 @@ class Checkpoint:
     def size_bytes(self) -> int:
         return sum((self.folder / name).stat().st_size for name in set(self.file_of.values()))
 
+    def header(self, filename: str) -> tuple[int, dict[str, Any]]:
+        """(where the data starts, the header's entries) of one shard file, read once."""
+        if filename not in self._headers:
+            self._headers[filename] = read_header(self.folder / filename)
+        return self._headers[filename]
+
+    def place(self, key: str) -> tuple[Path, int, int, torch.dtype, list[int]] | None:
+        """(file, byte offset, byte size, dtype, shape) of a tensor stored as itself, else None."""
+        if key in self.parts_of or key not in self.file_of:
+            return None
+        start, entries = self.header(self.file_of[key])
+        entry = entries[key]
+        dtype = TORCH_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            return None
+        begin, end = entry["data_offsets"]
+        return self.folder / self.file_of[key], start + begin, end - begin, dtype, entry["shape"]
+
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        """The tensors ``keys``, shard file by shard file; each map is closed before the next opens
-        so file pages do not pile up in resident memory."""
+        """The tensors ``keys``. A tensor stored as itself comes back as a private (copy-on-write)
+        memory map of its bytes: only the pages a computation touches become resident (the embedding
+        rows of the calibration tokens, not the whole table), and pruning in place copies just the
+        pages it changes, never the file. Sparse-layout weights are decompressed into memory."""
         from safetensors import safe_open
 
+        tensors = {}
         by_file: dict[str, list[str]] = {}
         for key in keys:
+            place = self.place(key)
+            if place is not None:
+                tensors[key] = mapped_tensor(*place)
+                continue
             for stored in self.parts_of[key].values() if key in self.parts_of else (key,):
                 by_file.setdefault(self.file_of[stored], []).append(stored)
-        tensors = {}
         for name, file_keys in by_file.items():
             with safe_open(self.folder / name, framework="pt", device="cpu") as handle:
                 for key in file_keys:
@@ -111,18 +138,32 @@ class Checkpoint:
         return tensors
 
 
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(byte offset of the data, header entries without ``__metadata__``) of a safetensors file."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, header
+
+
+def mapped_tensor(path: Path, offset: int, size: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """A tensor over ``size`` bytes of ``path`` from ``offset``, mapped copy-on-write (writes stay private)."""
+    import numpy as np
+
+    if size == 0:
+        return torch.empty(shape, dtype=dtype)
+    data = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(size,)))
+    return data.view(dtype).reshape(shape)
+
+
 def header_bytes_in_memory(folder: Path, dtype: torch.dtype) -> int:
     """What the checkpoint's floating-point tensors take once loaded in ``dtype`` (read from the headers only)."""
     item = torch.empty((), dtype=dtype).element_size()
     sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
     total = 0
     for name in set(Checkpoint(folder).file_of.values()):
-        with open(folder / name, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
+        for entry in read_header(folder / name)[1].values():
             count = 1
             for dim in entry["shape"]:
                 count *= dim
@@ -374,6 +415,23 @@ class ShardWriter:
             handle.write(data.numpy().data)
         self.pending.discard(name)
 
+    def copy_bytes(self, name: str, source: Path, offset: int, size: int, chunk: int = 16 * 2**20) -> None:
+        """Write ``name`` from ``size`` bytes of ``source`` at ``offset``, a chunk at a time (never whole in memory)."""
+        path, place, expected = self.places[name]
+        if size != expected:
+            raise LLMPruneError(f"tensor {name} has {size} bytes, its place in {path.name} has {expected}")
+        with open(source, "rb") as reader, open(path, "r+b") as handle:
+            reader.seek(offset)
+            handle.seek(place)
+            left = size
+            while left:
+                data = reader.read(min(chunk, left))
+                if not data:
+                    raise LLMPruneError(f"{source.name} ends before tensor {name} does")
+                handle.write(data)
+                left -= len(data)
+        self.pending.discard(name)
+
     def finish(self) -> None:
         if self.pending:
             raise LLMPruneError(f"streaming left {len(self.pending)} tensors unwritten, e.g. {sorted(self.pending)[0]}")
@@ -529,11 +587,28 @@ class StreamedModel:
         self.places.load(self.checkpoint, self.early)
 
     def release_outside(self) -> None:
-        self.plan.write_tensors(self.writer, self.model, self.early)
+        # Nothing outside the blocks changes: what is stored as the output stores it is copied file to
+        # file, so the embedding table and the head never become resident whole.
+        self.plan.write_tensors(self.writer, self.model, self.copy_unchanged(self.early))
         self.places.release(self.early)
-        self.places.load(self.checkpoint, self.head)
-        self.plan.write_tensors(self.writer, self.model, self.head)
-        self.places.release(self.head)
+        head = self.copy_unchanged(self.head)
+        self.places.load(self.checkpoint, head)
+        self.plan.write_tensors(self.writer, self.model, head)
+        self.places.release(head)
+
+    def copy_unchanged(self, names: list[str]) -> list[str]:
+        """Copy the tensors of ``names`` stored with the output's dtype and shape byte for byte from the
+        input; the names left to write from memory."""
+        left = []
+        for name in names:
+            saved = self.plan.saved_names_of.get(name, [])
+            place = None if name in self.places.converted else self.checkpoint.place(self.places.source.get(name, ""))
+            if not saved or place is None or any(self.plan.specs[s] != (place[3], tuple(place[4])) for s in saved):
+                left.append(name)
+                continue
+            for saved_name in saved:
+                self.writer.copy_bytes(saved_name, *place[:3])
+        return left
 
     def load_block(self, index: int) -> None:
         self.places.load(self.checkpoint, self.block_names[index])
