@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import llmprune
 from llmprune.api import run_prune
@@ -106,10 +107,7 @@ def test_streaming_never_holds_the_whole_model(tmp_path, monkeypatch):
     assert live_blocks == [1, 1]  # one block in memory at a time
 
 
-
 def test_read_tensors_are_private_maps_of_the_file(tmp_path):
-    from safetensors import safe_open
-
     source = _model_folder(tmp_path, "llama")
     checkpoint = streaming.Checkpoint(source)
     key = next(k for k in checkpoint.file_of if k.endswith("mlp.down_proj.weight"))
@@ -131,8 +129,6 @@ def test_tensors_outside_the_blocks_are_copied_not_loaded(tmp_path, monkeypatch,
     monkeypatch.setattr(streaming.TensorPlaces, "load", lambda self, checkpoint, names: (loaded.extend(names), load(self, checkpoint, names))[1])
     monkeypatch.setattr(streaming.ShardWriter, "copy_bytes", lambda self, name, *a, **k: (copied.append(name), copy(self, name, *a, **k))[1])
     llmprune.prune_folder(str(source), tmp_path / "out", sparsity=0.5, calibration_ids=random_calibration(), progress=False, device="cpu")
-    from safetensors import safe_open
-
     with safe_open(tmp_path / "out" / "model.safetensors", framework="pt") as handle:
         outside = {key for key in handle.keys() if not key.startswith("model.layers.")}
     assert "model.embed_tokens.weight" in outside and sorted(copied) == sorted(outside)

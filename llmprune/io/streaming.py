@@ -27,7 +27,7 @@ import signal
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -57,6 +57,16 @@ AUTO_STREAM_SHARE = 0.7
 
 
 # ---------------------------------------------------------------- reading the input checkpoint
+
+class StoredTensor(NamedTuple):
+    """Where a tensor's bytes lie in a safetensors file, and what they hold."""
+
+    path: Path
+    offset: int
+    size: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
 
 class Checkpoint:
     """The safetensors files of a model folder: which file holds which tensor, read via memory maps."""
@@ -98,8 +108,8 @@ class Checkpoint:
             self._headers[filename] = read_header(self.folder / filename)
         return self._headers[filename]
 
-    def place(self, key: str) -> tuple[Path, int, int, torch.dtype, list[int]] | None:
-        """(file, byte offset, byte size, dtype, shape) of a tensor stored as itself, else None."""
+    def place(self, key: str) -> StoredTensor | None:
+        """Where the tensor ``key`` lies when it is stored as itself (not in the sparse layout), else None."""
         if key in self.parts_of or key not in self.file_of:
             return None
         start, entries = self.header(self.file_of[key])
@@ -108,7 +118,7 @@ class Checkpoint:
         if dtype is None:
             return None
         begin, end = entry["data_offsets"]
-        return self.folder / self.file_of[key], start + begin, end - begin, dtype, entry["shape"]
+        return StoredTensor(self.folder / self.file_of[key], start + begin, end - begin, dtype, tuple(entry["shape"]))
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """The tensors ``keys``. A tensor stored as itself comes back as a private (copy-on-write)
@@ -122,7 +132,7 @@ class Checkpoint:
         for key in keys:
             place = self.place(key)
             if place is not None:
-                tensors[key] = mapped_tensor(*place)
+                tensors[key] = mapped_tensor(place)
                 continue
             for stored in self.parts_of[key].values() if key in self.parts_of else (key,):
                 by_file.setdefault(self.file_of[stored], []).append(stored)
@@ -147,14 +157,14 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
     return 8 + length, header
 
 
-def mapped_tensor(path: Path, offset: int, size: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    """A tensor over ``size`` bytes of ``path`` from ``offset``, mapped copy-on-write (writes stay private)."""
+def mapped_tensor(stored: StoredTensor) -> torch.Tensor:
+    """The tensor over ``stored``'s bytes, mapped copy-on-write (writes stay private to this process)."""
     import numpy as np
 
-    if size == 0:
-        return torch.empty(shape, dtype=dtype)
-    data = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(size,)))
-    return data.view(dtype).reshape(shape)
+    if stored.size == 0:
+        return torch.empty(stored.shape, dtype=stored.dtype)
+    data = torch.from_numpy(np.memmap(stored.path, dtype=np.uint8, mode="c", offset=stored.offset, shape=(stored.size,)))
+    return data.view(stored.dtype).reshape(stored.shape)
 
 
 def header_bytes_in_memory(folder: Path, dtype: torch.dtype) -> int:
@@ -603,11 +613,11 @@ class StreamedModel:
         for name in names:
             saved = self.plan.saved_names_of.get(name, [])
             place = None if name in self.places.converted else self.checkpoint.place(self.places.source.get(name, ""))
-            if not saved or place is None or any(self.plan.specs[s] != (place[3], tuple(place[4])) for s in saved):
+            if not saved or place is None or any(self.plan.specs[s] != (place.dtype, place.shape) for s in saved):
                 left.append(name)
                 continue
             for saved_name in saved:
-                self.writer.copy_bytes(saved_name, *place[:3])
+                self.writer.copy_bytes(saved_name, place.path, place.offset, place.size)
         return left
 
     def load_block(self, index: int) -> None:
