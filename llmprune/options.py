@@ -162,7 +162,7 @@ class RunOptions(PruneOptions):
     eval_seqlen: int = option(512, "perplexity window length", "output and evaluation")
     eval_windows: int | None = option(None, "at most this many perplexity windows", "output and evaluation", shown="all")
     ppl: str | None = option(None, "after pruning: comma-separated perplexity sources (wikipedia, code, wikitext2, ptb, c4, a file)", "evaluation", metavar="SOURCES")
-    tasks: str | None = option(None, "after pruning: comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_ppl, rt_sentiment, wiki_topic, code_next)", "evaluation", metavar="T1,T2")
+    tasks: str | None = option(None, "after pruning: comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_ppl, rt_sentiment, wiki_topic, code_next, code_name)", "evaluation", metavar="T1,T2")
     num_fewshot: int | None = option(None, "few-shot examples per lm-eval task", "evaluation", shown="the task's own")
     limit: float | None = option(None, "at most this many documents per lm-eval task (below 1: a fraction)", "evaluation")
     eval_batch_size: int | None = option(None, "windows / lm-eval requests per forward pass", "evaluation", shown="4")

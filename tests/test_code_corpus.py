@@ -1,5 +1,5 @@
 """The offline code corpus (Python standard-library sources): a deterministic, disjoint split by file
-name, and the code_next task built from it."""
+name, and the code_next and code_name tasks built from it."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,8 @@ from llmprune import code_corpus
 from llmprune.code_corpus import code_files, code_text, file_key, split_of
 from llmprune.data import load_text
 from llmprune.evaluate.corpora import load_eval_text
-from llmprune.evaluate.tasks import NEXT_CHOICES, _code_next_records
+from llmprune.evaluate.tasks import (CODE_NAME_MIN_CHARS, CODE_NAME_TOO_EASY, NEXT_CHOICES, _code_name_items, _code_name_records,
+                                     _code_next_records, _python_names)
 
 
 def _fake_stdlib(root, names):
@@ -68,3 +69,55 @@ def test_code_next_records():
         assert source_line.strip() == answer and record["context"].endswith(source_line[: len(source_line) - len(source_line.lstrip())])
         assert all(abs(len(c) - len(answer)) <= 25 for c in choices)  # length-matched distractors
     assert _code_next_records() == records  # deterministic
+
+
+def test_code_name_records():
+    records = _code_name_records()
+    test, train = records["test"], records["train"]
+    assert len(test) > 500 and len(train) > len(test)
+    files = {split: {r["title"].rsplit(":", 1)[0] for r in records[split]} for split in records}
+    assert not files["test"] & files["train"]
+    sources = dict(code_files("test"))
+    for record in test:
+        path, line = record["title"].rsplit(":", 1)
+        name, context, number = record["target"], record["context"], int(line)
+        lines = sources[path].split("\n")
+        # The context is the lines before and the start of this line, which the name continues.
+        start = context.rsplit("\n", 1)[-1]
+        assert lines[number - 1].startswith(start + name) and context.endswith("\n".join(lines[number - 3 : number - 1]) + "\n" + start)
+        assert len(name) >= CODE_NAME_MIN_CHARS and name not in CODE_NAME_TOO_EASY and name.isidentifier()
+        earlier = {found for found_line, column, found in _python_names(sources[path])
+                   if number - 12 <= found_line < number or (found_line == number and column < len(start))}
+        assert name in earlier  # already used as a name (not only in a string or a comment) in the context
+    assert len({r["target"] for r in test}) > len(test) / 3  # many different names, not one repeated
+    assert _code_name_records() == records  # deterministic
+
+
+SOURCE_WITH_NAMES = '''import os
+def helper(argument):
+    """argument in a docstring is not a use"""
+    # neither is documented_name in a comment
+    value = argument + 1
+    other = "documented_name"
+    return value
+
+def second(value):
+    return helper(value) + documented_name + helper(argument)
+'''
+
+
+def test_code_name_reads_names_as_python_does(tmp_path, monkeypatch):
+    import llmprune.evaluate.tasks as tasks
+
+    names = [name for _, _, name in _python_names(SOURCE_WITH_NAMES)]
+    assert names.count("documented_name") == 1 and names.count("argument") == 3 and "def" not in names and "return" not in names
+    assert _python_names("def broken(:\n  '''never closed") == []
+    root = tmp_path / "lib"
+    root.mkdir()
+    for i in range(60):  # enough files that the name hash puts some in the test split
+        (root / f"m{i}.py").write_text(SOURCE_WITH_NAMES * 6, encoding="utf-8")
+    monkeypatch.setattr(tasks, "code_files", lambda split: code_files(split, str(root)))
+    targets = {item["target"] for item in _code_name_items("test")}
+    # documented_name is used as a name once, on the last line, after only a string and a comment.
+    assert targets and targets <= {"argument", "value", "helper", "other", "second"}
+    assert "documented_name" not in targets

@@ -149,7 +149,7 @@ def test_committed_yamls_load_in_lm_eval(offline_cache):
     loaded = manager.load(list(OFFLINE_TASKS))["tasks"]
     by_name = {name.split(":")[-1]: task for name, task in loaded.items()}
     sizes = {name: len(list(task.test_docs())) for name, task in by_name.items()}
-    counts = {task: len(read_jsonl(task_data_files(task)["test"])) for task in ("wiki_next", "wiki_lastword", "code_next")}
+    counts = {task: len(read_jsonl(task_data_files(task)["test"])) for task in ("wiki_next", "wiki_lastword", "code_next", "code_name")}
     assert sizes == {"wiki_ppl": len(wikipedia_split("test")), "rt_sentiment": 1000, "wiki_topic": len(wikipedia_split("test")),
                      **counts}
     wiki_next, wiki_lastword = by_name["wiki_next"], by_name["wiki_lastword"]
@@ -161,6 +161,11 @@ def test_committed_yamls_load_in_lm_eval(offline_cache):
     first = next(iter(code_next.test_docs()))
     # The context ends with the line's indentation, and the choice follows it with no space between.
     assert code_next.doc_to_text(first) == first["context"] and code_next.config.target_delimiter == ""
+    code_name = by_name["code_name"]
+    first = next(iter(code_name.test_docs()))
+    # The name follows the context directly: the space or dot before it is the context's last character.
+    assert code_name.doc_to_text(first) == first["context"] and code_name.doc_to_target(first) == first["target"]
+    assert code_name.config.target_delimiter == "" and code_name.config.output_type == "loglikelihood"
 
 
 def test_offline_tasks_run_on_a_tiny_model(offline_cache):
@@ -173,6 +178,7 @@ def test_offline_tasks_run_on_a_tiny_model(offline_cache):
         assert 0 <= tasks[name]["acc"] <= 1 and tasks[name]["samples"] == 4
     assert 0 <= tasks["wiki_next"]["acc_norm"] <= 1
     assert 1 < tasks["wiki_lastword"]["perplexity"] < float("inf")  # exp(mean NLL of the 4 target words)
+    assert 0 <= tasks["code_name"]["acc"] <= 1 and 1 < tasks["code_name"]["perplexity"] < float("inf")
     assert tasks["rt_sentiment"]["acc"] * 4 == int(tasks["rt_sentiment"]["acc"] * 4)  # a count of 4 answers
 
 

