@@ -1,6 +1,8 @@
 """Calibration windows for a pruning run, split into the chunks fed through each block per pass."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -24,11 +26,12 @@ class CalibrationText:
     def __init__(self, source: str):
         self.source = source
         self.text = load_text(source, split="train")
-        self._tokens: tuple[object, torch.Tensor] | None = None
+        self._tokens: tuple[weakref.ref, torch.Tensor] | None = None
 
     def tokens(self, tokenizer) -> torch.Tensor:
-        if self._tokens is None or self._tokens[0] is not tokenizer:
-            self._tokens = (tokenizer, tokenize_corpus(tokenizer, self.text, piece_chars=CALIBRATION_PIECE_CHARS))
+        # A weak reference: the cache must not keep a tokenizer alive that its owner has let go of.
+        if self._tokens is None or self._tokens[0]() is not tokenizer:
+            self._tokens = (weakref.ref(tokenizer), tokenize_corpus(tokenizer, self.text, piece_chars=CALIBRATION_PIECE_CHARS))
         return self._tokens[1]
 
 
@@ -37,6 +40,17 @@ def calibration_batch(tokenizer, source: str | CalibrationText = "wikipedia", ns
     """``nsamples`` x ``seqlen`` token windows at random offsets in the source's train split."""
     text = source if isinstance(source, CalibrationText) else CalibrationText(source)
     return calibration_windows(text.tokens(tokenizer), nsamples, seqlen, seed)
+
+
+def model_calibration_batch(model: nn.Module, tokenizer, source: str | CalibrationText, nsamples: int, seqlen: int,
+                            seed: int) -> torch.Tensor:
+    """``calibration_batch`` with ``seqlen`` capped at the model's limit."""
+    if tokenizer is None:
+        raise LLMPruneError("a tokenizer is needed to build calibration windows")
+    limit = model_max_length(model)
+    ids = calibration_batch(tokenizer, source, nsamples, min(seqlen, limit) if limit else seqlen, seed)
+    return_freed_memory()
+    return ids
 
 
 def chunk_count(model: nn.Module, nsamples: int, seqlen: int, batch_size: int | None) -> int:
@@ -55,14 +69,8 @@ def calibration_chunks(model: nn.Module, tokenizer, source: str | CalibrationTex
 
     ``seqlen`` is capped at the model's limit; given ``calibration_ids`` set both sizes.
     """
-    limit = model_max_length(model)
-    if limit and seqlen > limit:
-        seqlen = limit
     if calibration_ids is None:
-        if tokenizer is None:
-            raise LLMPruneError("a tokenizer is needed to build calibration windows")
-        calibration_ids = calibration_batch(tokenizer, source, nsamples, seqlen, seed)
-        return_freed_memory()
+        calibration_ids = model_calibration_batch(model, tokenizer, source, nsamples, seqlen, seed)
     nsamples, seqlen = calibration_ids.shape
     count = chunk_count(model, nsamples, seqlen, batch_size)
     return list(torch.tensor_split(calibration_ids, count)), nsamples, seqlen

@@ -218,6 +218,35 @@ def test_stream_option_of_the_command(tmp_path, calibration_text):
         run_prune(RunOptions(**base, stream=True, eval_ppl=True, output=str(tmp_path / "x")))
 
 
+def test_the_tokenizer_is_let_go_before_the_blocks(tmp_path, monkeypatch, calibration_text):
+    """A 150k-token tokenizer is about 130 MiB: a streamed run tokenises its calibration text first and
+    holds no tokenizer while it prunes; the output's tokenizer files are still the in-memory run's."""
+    import weakref
+
+    source = _model_folder(tmp_path, "llama")
+    tokenizers, alive_at_blocks = [], []
+    release, prune_block = streaming.StreamedModel.release_tokenizer, lifecycle.prune_block
+
+    def recording_release(self):
+        tokenizers.append(weakref.ref(self.tokenizer))
+        release(self)
+
+    def checking(*args, **kwargs):
+        alive_at_blocks.append(any(ref() is not None for ref in tokenizers))
+        return prune_block(*args, **kwargs)
+
+    monkeypatch.setattr(streaming.StreamedModel, "release_tokenizer", recording_release)
+    monkeypatch.setattr(lifecycle, "prune_block", checking)
+    base = dict(model=str(source), method="wanda", sparsity=0.5, calibration=str(calibration_text), nsamples=2, seqlen=16,
+                progress=False, device="cpu")
+    report = run_prune(RunOptions(**base, stream=True, output=str(tmp_path / "streamed")))
+    assert len(tokenizers) == 1 and alive_at_blocks == [False, False]
+    assert report["calibration"]["source"] == str(calibration_text)  # the text it was tokenised from
+    memory = run_prune(RunOptions(**base, output=str(tmp_path / "memory")))
+    assert memory["calibration"] == report["calibration"]
+    assert _files(tmp_path / "streamed") == _files(tmp_path / "memory")
+
+
 def test_models_too_large_for_memory_are_streamed_automatically(tmp_path, monkeypatch, calibration_text):
     import psutil
 

@@ -16,7 +16,7 @@ import torch
 
 from ..allocation import make_allocation
 from ..allocation.auto import AutoAllocation, split_heldout
-from ..calibration import CalibrationText, calibration_chunks
+from ..calibration import CalibrationText, calibration_chunks, model_calibration_batch
 from ..engine import InMemory, Lifecycle, prune_model
 from ..errors import LLMPruneError
 from ..io.atomic import check_free_space, check_output_dir, write_folder_atomically
@@ -46,9 +46,11 @@ def _allocation(parts: PruneParts, options: PruneOptions, tokenizer, chunks, seq
 
 
 def prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: torch.Tensor | None = None,
-               calibration: CalibrationText | None = None) -> dict:
+               calibration: CalibrationText | None = None, ids_tokenized_here: bool = False) -> dict:
     """One pruning job on a model wherever its blocks live; returns the report. ``calibration``: the
-    calibration text already read (else ``options.calibration`` is read here)."""
+    calibration text already read (else ``options.calibration`` is read here). ``ids_tokenized_here``:
+    ``calibration_ids`` are ``model_calibration_batch``'s own tokenization of that text, so the report names
+    the text, not "given token ids"."""
     parts = build(options)
     started = time.perf_counter()
     source = calibration or options.calibration
@@ -67,7 +69,8 @@ def prune_with(model, tokenizer, home, options: PruneOptions, calibration_ids: t
         raise LLMPruneError("no linear layers matched --targets/--ignore; nothing was pruned")
     calibrated = parts.method.needs_calibration or options.reconstruct
     calibration_entry = {
-        "source": ("given token ids" if calibration_ids is not None else options.calibration) if calibrated else None,
+        "source": ("given token ids" if calibration_ids is not None and not ids_tokenized_here else options.calibration)
+        if calibrated else None,
         "nsamples": nsamples if calibrated else 0,
         "seqlen": seqlen if calibrated else 0,
         "seed": options.seed,
@@ -121,7 +124,15 @@ def prune_folder(spec: str, output: str | Path, options: PruneOptions | None = N
     reports: list[dict] = []
 
     def fill(tmp: Path) -> None:
-        report = prune_with(streamed.model, streamed.tokenizer, streamed.open(tmp), options, calibration_ids, calibration)
+        ids, tokenized_here = calibration_ids, False
+        if ids is None and build(options).needs_calibration:
+            ids = model_calibration_batch(streamed.model, streamed.tokenizer, calibration or options.calibration,
+                                          options.nsamples, options.seqlen, options.seed)
+            tokenized_here = True
+        # The tokenizer (about 130 MiB for a 150k-token vocabulary) would otherwise sit beside every
+        # block; only the output's tokenizer files need it again, at the end.
+        streamed.release_tokenizer()
+        report = prune_with(streamed.model, None, streamed.open(tmp), options, ids, calibration, tokenized_here)
         streamed.finish(tmp)
         report["model"] = str(spec)
         report["streaming"] = {"input_bytes": streamed.checkpoint.size_bytes(), "output_bytes": streamed.output_bytes()}

@@ -20,6 +20,7 @@ a run killed midway leaves no output folder, and the next run cleans up its left
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -584,6 +585,12 @@ class StreamedModel:
         self.early = [name for name in outside if name not in self.head]  # nothing before the blocks uses the head
         self.writer: ShardWriter | None = None
 
+    def release_tokenizer(self) -> None:
+        """Let the tokenizer go until ``finish`` (which reads it again from the folder to save it)."""
+        self.tokenizer = None
+        gc.collect()
+        return_freed_memory()
+
     def output_bytes(self) -> int:
         return sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() for dt, shape in self.plan.specs.values())
 
@@ -636,7 +643,12 @@ class StreamedModel:
         self.writer.finish()
         self.plan.write_index(tmp)
         write_model_files(self.model, tmp)
-        self.tokenizer.save_pretrained(tmp)
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        tokenizer.save_pretrained(tmp)
         (tmp / OWNER_FILE).unlink()
 
 
