@@ -80,17 +80,45 @@ def test_code_name_records():
     sources = dict(code_files("test"))
     for record in test:
         path, line = record["title"].rsplit(":", 1)
-        name, context, number = record["target"], record["context"], int(line)
+        name, target, context, number = record["name"], record["target"], record["context"], int(line)
         lines = sources[path].split("\n")
-        # The context is the lines before and the start of this line, which the name continues.
+        # The context is the lines before and the start of this line, which the target continues: the
+        # name, after the one character before it (none at the start of a line).
         start = context.rsplit("\n", 1)[-1]
-        assert lines[number - 1].startswith(start + name) and context.endswith("\n".join(lines[number - 3 : number - 1]) + "\n" + start)
+        assert lines[number - 1].startswith(start + target) and context.endswith("\n".join(lines[number - 3 : number - 1]) + "\n" + start)
+        assert target == name if not start else (len(target) == len(name) + 1 and target.endswith(name) and not target[0].isalnum())
+        start += target[: len(target) - len(name)]
         assert len(name) >= CODE_NAME_MIN_CHARS and name not in CODE_NAME_TOO_EASY and name.isidentifier()
         earlier = {found for found_line, column, found in _python_names(sources[path])
                    if number - 12 <= found_line < number or (found_line == number and column < len(start))}
         assert name in earlier  # already used as a name (not only in a string or a comment) in the context
-    assert len({r["target"] for r in test}) > len(test) / 3  # many different names, not one repeated
+    assert len({r["name"] for r in test}) > len(test) / 3  # many different names, not one repeated
     assert _code_name_records() == records  # deterministic
+
+
+def test_code_name_targets_start_a_token_of_a_byte_level_tokenizer():
+    """lm-eval scores the tokens of context + target past those of the context alone; had the context
+    ended inside a token (".join" is one token in GPT-2-style vocabularies), the name would be scored
+    in part or not at all (Qwen2.5's tokenizer left 180 of 900 documents with nothing to score)."""
+    from lm_eval.api.model import TemplateLM
+    from transformers import AutoTokenizer
+
+    from llmprune.io.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("llama"))  # the bundled model's byte-level BPE
+
+    class Encoder:  # what lm-eval's _encode_pair needs of a causal model
+        backend = "causal"
+
+        def tok_encode(self, text, **_):
+            return tokenizer.encode(text, add_special_tokens=False)
+
+    for record in _code_name_records()["test"]:
+        _, scored = TemplateLM._encode_pair(Encoder(), record["context"], record["target"])
+        text = tokenizer.decode(scored)
+        # What is scored is the whole name, the character before it where it was not merged into the
+        # context's last token, and perhaps the indentation lm-eval moves over: nothing of the context.
+        assert text.endswith(record["name"]) and (record["context"] + record["target"]).endswith(text), record["title"]
 
 
 SOURCE_WITH_NAMES = '''import os
@@ -117,7 +145,7 @@ def test_code_name_reads_names_as_python_does(tmp_path, monkeypatch):
     for i in range(60):  # enough files that the name hash puts some in the test split
         (root / f"m{i}.py").write_text(SOURCE_WITH_NAMES * 6, encoding="utf-8")
     monkeypatch.setattr(tasks, "code_files", lambda split: code_files(split, str(root)))
-    targets = {item["target"] for item in _code_name_items("test")}
+    targets = {item["name"] for item in _code_name_items("test")}
     # documented_name is used as a name once, on the last line, after only a string and a comment.
     assert targets and targets <= {"argument", "value", "helper", "other", "second"}
     assert "documented_name" not in targets

