@@ -42,7 +42,15 @@ ROWS = [
     ("dense-code-next.json", "(c) dense, code_next (50 items)", f"eval --model qwen-coder {COMMON} --ppl none --tasks code_next --limit 50 --json dense-code-next.json"),
     ("wanda-code-next.json", "(c) the --stream Wanda 50% output, code_next", f"eval --model <that output folder> {COMMON} --ppl none --tasks code_next --limit 50 --json wanda-code-next.json"),
     ("mag-code-next.json", "(c) magnitude 50%, code_next", f"--model qwen-coder {COMMON} --nsamples 16 --seqlen 256 --calibration code --method magnitude --sparsity 0.5 --ppl none --tasks code_next --limit 50 --report mag-code-next.json"),
-    ("admm50.json", "(c) ADMM 50% (stopped unfinished after 75 min of one core)", f"{METHOD_RUN} --method admm --sparsity 0.5 --report admm50.json"),
+    # (d): the fourth session's runs, one thread each, three or four at once on the 2 cores
+    ("sgpt70.json", "(d) SparseGPT 70%", f"{METHOD_RUN} --method sparsegpt --sparsity 0.7 --report sgpt70.json"),
+    ("sgpt70-rec8.json", "(d) SparseGPT 70% + block reconstruction, 8 steps", f"{METHOD_RUN} --method sparsegpt --sparsity 0.7 --reconstruct --reconstruct-steps 8 --report sgpt70-rec8.json"),
+    ("sgpt24-rec8.json", "(d) SparseGPT 2:4 + block reconstruction, 8 steps", f"{METHOD_RUN} --method sparsegpt --pattern 2:4 --reconstruct --reconstruct-steps 8 --report sgpt24-rec8.json"),
+    ("admm50.json", "(d) ADMM 50%", f"{METHOD_RUN} --method admm --sparsity 0.5 --report admm50.json"),
+    ("w16-stream-released-b2.json", "(d) Wanda 50%, --stream --batch-size 2, tokenizer let go before the blocks", f"--model qwen-coder --method wanda --sparsity 0.5 --nsamples 16 --seqlen 256 {COMMON} --calibration code --stream --batch-size 2 --output ... --report w16-stream-released-b2.json"),
+    ("dense-code-name.json", "(d) dense, code_name (200 items)", f"eval --model qwen-coder {COMMON} --ppl none --tasks code_name --limit 200 --json dense-code-name.json"),
+    ("wanda-code-name.json", "(d) that --stream Wanda 50% output, code_name", f"eval --model <that output folder> {COMMON} --ppl none --tasks code_name --limit 200 --json wanda-code-name.json"),
+    ("mag-code-name.json", "(d) magnitude 50%, code_name", f"--model qwen-coder {COMMON} --nsamples 16 --seqlen 256 --calibration code --method magnitude --sparsity 0.5 --ppl none --tasks code_name --limit 200 --report mag-code-name.json"),
 ]
 
 
@@ -88,10 +96,10 @@ def _ppl(report: dict, source: str) -> float | None:
     return entry["ppl"] if entry else None
 
 
-def _code_next(report: dict) -> str:
+def _task(report: dict, name: str) -> str:
     results = report.get("eval", {}).get("results", report)
-    task = ((results.get("lm_eval") or {}).get("tasks") or {}).get("code_next")
-    return f"{task['acc']:.2f} (n={task['samples']})" if task else ""
+    task = ((results.get("lm_eval") or {}).get("tasks") or {}).get(name)
+    return f"{task['acc']:.3f} ± {task['acc_stderr']:.3f} (n={task['samples']})" if task else ""
 
 
 def main(run_dir: str) -> None:
@@ -109,14 +117,14 @@ def main(run_dir: str) -> None:
         "tokens per corpus). Reports: `qwen-coder-1.5b/`. Sparsity: of the pruned layers; for shrink, the share",
         "of the blocks' parameters removed.",
         "",
-        "| run | prune s | peak MiB | sparsity | code ppl | Wikipedia ppl | code_next acc | command (`llmprune ...`) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| run | prune s | peak MiB | sparsity | code ppl | Wikipedia ppl | code_next acc | code_name acc | command (`llmprune ...`) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     dense = {}
     for name, what, command in ROWS:
         path = folder / name
         if not path.is_file():
-            lines.append(f"| {what} | not run | | | | | | `{command}` |")
+            lines.append(f"| {what} | not run | | | | | | | `{command}` |")
             continue
         report = json.loads(path.read_text())
         if path.resolve() != (REPORTS / name).resolve():
@@ -135,7 +143,7 @@ def main(run_dir: str) -> None:
         peak = f"{report['peak_rss_mb']:.0f}" if "peak_rss_mb" in report else ""
         sparsity = (f"{report['total_sparsity']:.3f}" if "total_sparsity" in report else
                     f"{report['ratio_reached']:.3f} removed" if "ratio_reached" in report else "")
-        lines.append(f"| {what} | {seconds} | {peak} | {sparsity} | {cell(code, 'code')} | {cell(wiki, 'wikipedia')} | {_code_next(report)} | `{command}` |")
+        lines.append(f"| {what} | {seconds} | {peak} | {sparsity} | {cell(code, 'code')} | {cell(wiki, 'wikipedia')} | {_task(report, 'code_next')} | {_task(report, 'code_name')} | `{command}` |")
     lines += ["", *FOOTER, ""]
     for name in ("inspect.log", "push.log"):
         if (folder / name).is_file():

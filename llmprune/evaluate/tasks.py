@@ -26,12 +26,12 @@ at first use into ``cache_dir()/tasks/v<N>/<task>/<split>.jsonl`` (not committed
   line (stripped) among 4 choices; distractors are lines of about the same length chosen elsewhere
   in the split, by the ``wiki_next`` rule (length rank cycled, answer position k % 4).
 - ``code_name`` (``wiki_lastword`` on code): up to 12 lines of a test-split file and the start of the
-  next line, ending just before a name (an identifier of 4+ characters that starts with a letter, not a
-  keyword, ``self`` or ``cls``, as Python's own tokenizer reads the file) that already occurs as a name in that context;
-  scored on the name with the one character before it (a space, dot or bracket, where byte-level
-  tokenizers start a token): acc = greedy decoding gives it exactly, perplexity = exp of its mean negative log-likelihood. One
-  request per document, and no distractor to rule out by its identifiers: ``code_next`` sits at the
-  ceiling for a 1.5B code model (0.98), this task does not.
+  next line, ending just before a name (an identifier of 4+ characters that starts with a letter, not
+  a keyword, ``self`` or ``cls``, as Python's own tokenizer reads the file) already used as a name in
+  that context; scored on the name with the one character before it (a space, dot or bracket, where
+  byte-level tokenizers start a token): acc = greedy decoding gives it exactly, perplexity = exp of
+  its mean negative log-likelihood. One request per document, and no distractor to rule out by its
+  identifiers: ``code_next`` sits at the ceiling for a 1.5B code model (0.98), this task does not.
 
 Every Wikipedia task draws its test documents from the test split and its few-shot examples from the
 train split (the README's protocol), so no task text overlaps calibration text.
