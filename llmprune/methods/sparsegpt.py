@@ -36,16 +36,23 @@ class Hessian:
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, max_tries: int = 8) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damping I)^-1, raising the damping tenfold while H is not positive definite."""
-    columns = hessian.shape[0]
-    eye = torch.eye(columns, dtype=hessian.dtype, device=hessian.device)
-    damping = percdamp * torch.mean(torch.diag(hessian)).item()
+    """Upper Cholesky factor of (H + damping I)^-1, raising the damping tenfold while H is not positive definite.
+
+    ``hessian`` is damped in place (its diagonal is overwritten). At most two other matrices of its size
+    are alive at once: an 8,960-column Hessian is 321 MB in float32, and building the damped copy, the
+    factor, the inverse and its factor side by side made a 1.5B model's peak 1.2 GB higher.
+    """
+    diagonal = torch.diag(hessian).clone()
+    damping = percdamp * torch.mean(diagonal).item()
     damping = damping if damping > 0 else percdamp
     for _ in range(max_tries):
-        lower, info = torch.linalg.cholesky_ex(hessian + damping * eye)
+        hessian.diagonal().copy_(diagonal).add_(damping)  # H + damping I, the same floats as adding an identity
+        lower, info = torch.linalg.cholesky_ex(hessian)
         if info.item() == 0:
             inverse = torch.cholesky_inverse(lower)
+            del lower
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info.item() == 0:
                 return upper
         damping *= 10
@@ -84,6 +91,7 @@ class SparseGPT(PruningMethod):
         hessian[dead, dead] = 1.0
         weight[:, dead] = 0.0
         hinv = inverse_hessian_factor(hessian, self.percdamp)
+        del hessian
         keep = torch.ones_like(weight, dtype=torch.bool)
         m = target.m
         # Blocks hold whole N:M groups, so a group never straddles two blocks.
