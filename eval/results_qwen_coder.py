@@ -87,7 +87,7 @@ FOOTER = [
     "file to file (never loaded whole). Same commands, this commit against the one before, one after the other:",
     "2 x 64 calibration 946 against 1,062 MiB; 16 x 256 1,354 against 1,328 MiB, where the block's activations",
     "(MLP intermediates of 4,096 tokens x 8,960) dominate. With --batch-size 2 the 16 x 256 run peaks at 931",
-    "MiB, 0.258x the in-memory run's 3,607 MiB (target 0.25x: just missed). What is left is mostly fixed: torch",
+    "MiB, 0.258x the in-memory run's 3,607 MiB (target 0.25x: just missed; met in (d), below). What is left is mostly fixed: torch",
     "(276 MiB) and the Qwen tokenizer (180 MiB) are 456 MiB before any weight is read, and one block in bfloat16",
     "is 90 MiB.",
     "",

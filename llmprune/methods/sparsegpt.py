@@ -39,8 +39,8 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, max_tries: in
     """Upper Cholesky factor of (H + damping I)^-1, raising the damping tenfold while H is not positive definite.
 
     ``hessian`` is damped in place (its diagonal is overwritten). At most two other matrices of its size
-    are alive at once: an 8,960-column Hessian is 321 MB in float32, and building the damped copy, the
-    factor, the inverse and its factor side by side made a 1.5B model's peak 1.2 GB higher.
+    are alive at once: an 8,960-column Hessian is 321 MB in float32, and an identity, the damped copy,
+    the factor, the inverse and its factor side by side would be five more.
     """
     diagonal = torch.diag(hessian).clone()
     damping = percdamp * torch.mean(diagonal).item()
