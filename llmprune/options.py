@@ -79,6 +79,7 @@ class PruneOptions:
     reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction", "reconstruction")
     reconstruct_batch_size: int = option(4, "calibration windows per reconstruction step", "reconstruction")
     reconstruct_norms: bool = option(False, "also train the block's normalisation weights", "reconstruction")
+    reconstruct_rollback: bool = option(True, "keep a block's training even when it makes the block's error on the held-out calibration windows worse (by default such a block is rolled back to its pruned weights and the report lists it)", "reconstruction", flag="--no-reconstruct-rollback")
     min_expert_tokens: int = option(MIN_EXPERT_TOKENS, "MoE: a routed expert that receives fewer calibration tokens falls back (see --expert-fallback)", "what to prune")
     expert_fallback: str = option(EXPERT_FALLBACKS[0], "MoE: statistics for an expert below --min-expert-tokens: all-tokens (every token through that expert) or magnitude", "what to prune", choices=EXPERT_FALLBACKS)
     expert_statistics: str = option(EXPERT_STATISTICS[0], "MoE: routed (each expert from the tokens routed to it) or all-tokens (every expert from every token)", "what to prune", choices=EXPERT_STATISTICS)

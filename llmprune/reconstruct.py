@@ -18,6 +18,11 @@ and allocation, in memory and streamed alike. Per block:
    throughout and Adam's moments cannot regrow them. ``separate`` trains one part at a time, in
    order, each against its own output (the forward stops there), a weight directly in the block
    (OPT's fc1/fc2) against the block's output.
+3. With ``rollback`` (the default), a block whose held-out error is worse after training than before is rolled back to its
+   untrained (pruned) weights; the report lists those blocks (``rolled_back_blocks``). Adam's step
+   is about ``lr`` per weight whatever the loss scale, so a learning rate that suits one model's
+   weights can wreck another's: SmolLM2-135M's matrices have an RMS near 0.2, Qwen2.5-1.5B's near
+   0.015, and 1e-3 that helps the first undid the second's outlier channels (its 2:4 run diverged).
 
 The last windows (``HELD_OUT_SHARE`` of them, at least one when there are two or more) are never
 trained on: the report gives each block's output error on them before and after training, relative
@@ -209,10 +214,11 @@ class BlockReconstruction(BlockStep):
     # ``masked=False``: every entry of the block's matrices trains (a shrunk block has no pruning mask:
     # its removed units are gone from the tensors, and a weight that happens to be 0 may move).
     def __init__(self, target: str, parts: str, steps: int, lr: float, batch_size: int, norms: bool,
-                 progress: bool = True, masked: bool = True):
+                 progress: bool = True, masked: bool = True, rollback: bool = True):
         check_reconstruct_options(target, parts, steps, lr, batch_size)
         self.target, self.parts, self.steps, self.lr = target, parts, int(steps), float(lr)
         self.batch_size, self.norms, self.progress, self.masked = int(batch_size), norms, progress, masked
+        self.rollback = rollback
         self.teacher: list[torch.Tensor] | None = None  # the dense model's hidden states, per chunk
         self.targets: list[dict[str, torch.Tensor]] = []  # per micro-batch (training, then held-out)
         self.plan: tuple[list[MicroBatch], list[MicroBatch]] = ([], [])
@@ -254,26 +260,38 @@ class BlockReconstruction(BlockStep):
         dtype = next(block.parameters()).dtype
         block.to(torch.float32)
         requires_grad = {id(p): p.requires_grad for p in block.parameters()}
+        trains = bool(self.steps and train)
         try:
             before = self._held_out_error(block, context.inputs, held, held_targets)
+            # Kept to roll back to: training that makes the held-out error worse is undone.
+            untrained = {name: p.detach().clone() for name, p in block.named_parameters()} if trains and held and self.rollback else None
             losses = []
             claimed_norms: set[int] = set()
             for part in parts:
-                if self.steps and train:
+                if trains:
                     losses.append(self._train_part(context, part, train, trained_targets, claimed_norms))
-            after = self._held_out_error(block, context.inputs, held, held_targets)
+            after = trained = self._held_out_error(block, context.inputs, held, held_targets)
+            kept = untrained is None or after is None or before is None or after <= before
+            if not kept:
+                with torch.no_grad():
+                    for name, parameter in block.named_parameters():
+                        parameter.copy_(untrained[name])
+                after = before
         finally:
             for parameter in block.parameters():
                 parameter.requires_grad_(requires_grad[id(parameter)])
                 parameter.grad = None
             block.to(dtype)
-        entry = {"block": context.index, "held_out_error_before": before, "held_out_error_after": after}
+        entry = {"block": context.index, "held_out_error_before": before, "held_out_error_after": after,
+                 "kept": kept}
+        if not kept:
+            entry["held_out_error_trained"] = trained
         if losses:
             entry["train_loss_last"] = losses[-1] if len(losses) == 1 else losses
         self.blocks.append(entry)
         self.targets = []
         self.seconds += time.perf_counter() - started
-        return bool(self.steps and train)
+        return trains and kept
 
     def _train_part(self, context: BlockContext, part: Part, train: list[MicroBatch],
                     targets: list[dict[str, torch.Tensor]], claimed_norms: set[int]) -> float:
@@ -340,10 +358,12 @@ class BlockReconstruction(BlockStep):
             "lr": self.lr,
             "batch_size": self.batch_size,
             "norms": self.norms,
+            "rollback": self.rollback,
             "held_out_windows": sum(b.stop - b.start for b in held),
             "train_windows": sum(b.stop - b.start for b in train),
             "mean_held_out_error_before": sum(befores) / len(befores) if befores else None,
             "mean_held_out_error_after": sum(afters) / len(afters) if afters else None,
+            "rolled_back_blocks": [b["block"] for b in self.blocks if not b["kept"]],
             "seconds": round(self.seconds, 3),
             "blocks": self.blocks,
         }

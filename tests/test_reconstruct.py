@@ -33,8 +33,9 @@ class MaskSpy(BlockStep):
 
 def _prune(model, method="sparsegpt", sparsity=0.6, pattern=None, windows=8, seqlen=32, **settings):
     spy = MaskSpy()
+    # No rollback: these tests look at what training does (random calibration need not generalise).
     settings = {"target": "teacher", "parts": "block", "steps": 12, "lr": 1e-3, "batch_size": 2, "norms": False,
-                "progress": False, **settings}
+                "progress": False, "rollback": False, **settings}
     recon = BlockReconstruction(**settings)
     chunks = list(torch.tensor_split(random_calibration(windows, seqlen), 1))
     target = SparsityTarget.parse(None if pattern else sparsity, pattern)
@@ -63,7 +64,7 @@ def test_mask_never_changes_and_surviving_weights_train(family, target, parts, n
         norms_now = [p.detach() for p in norm_parameters(block)]
         norms_changed = any(not torch.equal(a, b) for a, b in zip(spy.norms[index], norms_now))
         assert norms_changed == (norms and bool(norms_now)), f"block {index}: norms trained = {norms_changed}"
-    assert moved > 0, "reconstruction changed no surviving weight"
+    assert moved > 0, f"reconstruction changed no surviving weight: {entry['blocks']}"
     assert [b["block"] for b in entry["blocks"]] == list(range(len(blocks)))
     assert entry["target"] == target and entry["parts"] == parts
 

@@ -10,7 +10,7 @@ import argparse
 
 from ..options import RunOptions
 from .dataclass_flags import add_dataclass_arguments, options_from_args
-from .summary import print_report_if_unkept, print_results_and_output
+from .summary import print_report_if_unkept, print_results_and_output, reconstruction_line
 
 HELP = "prune a model (the default command)"
 EPILOG = """examples:
@@ -45,6 +45,9 @@ def print_summary(report: dict) -> None:
         f"{report['prune_seconds']:.1f} s, peak memory {report['peak_rss_mb']:.0f} MiB"
         + (f", peak GPU memory {report['peak_gpu_mb']:.0f} MiB" if report.get("peak_gpu_mb") is not None else "")
     )
+    healed = reconstruction_line(report.get("reconstruct"))
+    if healed:
+        print(healed)
     ppl = report.get("eval", {})
     if "ppl_before" in ppl:
         print(f"\n{'wikipedia test perplexity':<28}{'before':>10}{'after':>10}")

@@ -14,7 +14,7 @@ import argparse
 
 from ..structured.options import ShrinkRunOptions
 from .dataclass_flags import add_dataclass_arguments, options_from_args
-from .summary import print_report_if_unkept, print_results_and_output
+from .summary import print_report_if_unkept, print_results_and_output, reconstruction_line
 
 HELP = "structured pruning to a smaller dense model (MLP channels, heads, blocks)"
 EPILOG = """examples:
@@ -49,10 +49,9 @@ def print_summary(report: dict) -> None:
     )
     if report["removed_blocks"]:
         print(f"removed blocks: {report['removed_blocks']}")
-    healed = report.get("reconstruct")
-    if healed and healed.get("mean_held_out_error_before") is not None:
-        print(f"block reconstruction: mean held-out block error {healed['mean_held_out_error_before']:.4g} -> "
-              f"{healed['mean_held_out_error_after']:.4g} ({healed['seconds']:.1f} s)")
+    healed = reconstruction_line(report.get("reconstruct"))
+    if healed:
+        print(healed)
     bridges = report.get("block_correction")
     if isinstance(bridges, list):
         print("block bridges (calibration error of each removed run): " + ", ".join(

@@ -76,6 +76,7 @@ class ShrinkOptions:
     reconstruct_lr: float = shared_option(PruneOptions, "reconstruct_lr")
     reconstruct_batch_size: int = shared_option(PruneOptions, "reconstruct_batch_size")
     reconstruct_norms: bool = shared_option(PruneOptions, "reconstruct_norms")
+    reconstruct_rollback: bool = shared_option(PruneOptions, "reconstruct_rollback")
     distill_steps: int = option(0, "after shrinking, train every weight this many AdamW steps so the model's next-token "
                                 "distributions match the dense model's on the calibration windows (knowledge distillation; "
                                 "a copy of the dense model stays in memory meanwhile; 0: off)", RECONSTRUCTION)
@@ -131,7 +132,7 @@ class ShrinkOptions:
             return None
         return BlockReconstruction(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                    self.reconstruct_lr, self.reconstruct_batch_size, self.reconstruct_norms,
-                                   progress=self.progress, masked=False)
+                                   progress=self.progress, masked=False, rollback=self.reconstruct_rollback)
 
     def teacher_refit(self) -> bool:
         return bool(self.compensate) and self.refit_target == "teacher"
