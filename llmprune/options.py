@@ -57,6 +57,12 @@ def shared_option(cls: type, name: str, default: Any = MISSING, **metadata: Any)
     return option(default, merged.pop("help"), merged.pop("group"), **merged)
 
 
+def asks_perplexity(ppl: str | list[str] | None) -> bool:
+    """``--ppl`` names a source: ``none`` or ``off`` (how ``--help`` shows the default) asks for none."""
+    text = ",".join(ppl) if isinstance(ppl, (list, tuple)) else (ppl or "")
+    return text.strip().lower() not in ("", "none", "off")
+
+
 @dataclass
 class PruneOptions:
     """How to prune: method, target, which layers, calibration, allocation."""
@@ -172,7 +178,7 @@ class RunOptions(PruneOptions):
         return PruneOptions(**{f.name: getattr(self, f.name) for f in fields(PruneOptions)})
 
     def evaluates(self) -> bool:
-        return bool(self.eval_ppl or self.ppl or self.tasks)
+        return bool(self.eval_ppl or asks_perplexity(self.ppl) or self.tasks)
 
     def validate(self) -> None:
         super().validate()

@@ -142,6 +142,16 @@ def test_evaluation_after_pruning_goes_into_the_report(tiny_model_dir, calibrati
     assert "after pruning" in stdout
 
 
+@pytest.mark.parametrize("ppl", ["none", "off"])
+def test_ppl_none_means_no_evaluation_not_an_error(ppl, tiny_model_dir, calibration_text, tmp_path, capsys):
+    # --help shows "none" as --ppl's default; typed, it once failed after the whole prune had run.
+    report_path = tmp_path / "report.json"
+    code, stdout, stderr = run_cli(capsys, *common_args(tiny_model_dir, calibration_text), "--ppl", ppl,
+                                   "--report", report_path)
+    assert code == 0, stderr
+    assert "eval" not in json.loads(report_path.read_text())
+
+
 def test_unknown_task_fails_before_any_work(tiny_model_dir, calibration_text, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     code, _, stderr = run_cli(capsys, *common_args(tiny_model_dir, calibration_text), "--output", tmp_path / "out",

@@ -16,7 +16,7 @@ from ..engine import InMemory
 from ..errors import LLMPruneError
 from ..io.atomic import check_free_space, check_output_dir
 from ..io.writer import REPORT_NAME, model_bytes, write_report_file
-from ..options import RunOptions, with_overrides
+from ..options import RunOptions, asks_perplexity, with_overrides
 from ..process import resolve_device
 from ..structured.options import ShrinkRunOptions
 from .build import build
@@ -109,7 +109,7 @@ def _evaluated(options, model, tokenizer, apply: Callable[[], dict]) -> dict:
     if options.eval_ppl:
         evaluation["ppl_after"] = _wikipedia_ppl(model, tokenizer, options)
         evaluation.update({"dataset": "wikipedia:test", "seqlen": options.eval_seqlen, "windows": options.eval_windows})
-    if options.ppl or options.tasks:
+    if asks_perplexity(options.ppl) or options.tasks:
         from ..evaluate import evaluate
         from ..evaluate.perplexity import evaluation_device
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import LLMPruneError
-from ..options import PruneOptions, RunOptions, option, shared_option, with_overrides as options_with_overrides
+from ..options import PruneOptions, RunOptions, asks_perplexity, option, shared_option, with_overrides as options_with_overrides
 from ..reconstruct import BlockReconstruction, check_reconstruct_options
 from .blocks import BLOCK_SCORES
 from .plan import UNITS, parse_units
@@ -172,7 +172,7 @@ class ShrinkRunOptions(ShrinkOptions):
     eval_batch_size: int | None = _run_option("eval_batch_size")
 
     def evaluates(self) -> bool:
-        return bool(self.eval_ppl or self.ppl or self.tasks)
+        return bool(self.eval_ppl or asks_perplexity(self.ppl) or self.tasks)
 
     def shrink_options(self) -> ShrinkOptions:
         return ShrinkOptions(**{f.name: getattr(self, f.name) for f in fields(ShrinkOptions)})
