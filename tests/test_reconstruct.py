@@ -78,6 +78,36 @@ def test_held_out_block_error_falls(target, parts):
         assert block["held_out_error_after"] < 0.9 * block["held_out_error_before"], block
 
 
+@pytest.mark.parametrize("rollback", [True, False])
+def test_training_that_makes_held_out_error_worse_is_rolled_back(rollback):
+    """An absurd learning rate wrecks every block: with rollback each comes back exactly as pruned and the report
+    lists it; without, the wrecked weights stay."""
+    model = tiny_model("llama")
+    spy, entry = _prune(model, steps=4, lr=10.0, rollback=rollback)
+    _, blocks = find_blocks(model)
+    assert entry["rollback"] is rollback
+    for index, block in enumerate(blocks):
+        same = all(torch.equal(weight.matrix(), spy.pruned[index, name]) for name, weight in prunable_weights(block).items())
+        assert same is rollback, f"block {index}"
+    for block in entry["blocks"]:
+        assert block["kept"] is not rollback
+        if rollback:
+            assert block["held_out_error_after"] == block["held_out_error_before"] < block["held_out_error_trained"]
+        else:
+            assert block["held_out_error_after"] > block["held_out_error_before"]
+    assert entry["rolled_back_blocks"] == (list(range(len(blocks))) if rollback else [])
+
+
+def test_reconstruction_line_names_the_rolled_back_blocks():
+    from llmprune.cli.summary import reconstruction_line
+    entry = {"mean_held_out_error_before": 0.5, "mean_held_out_error_after": 0.25, "seconds": 3.0,
+             "blocks": [{}, {}, {}], "rolled_back_blocks": [2]}
+    assert reconstruction_line(entry) == ("block reconstruction: mean held-out block error 0.5 -> 0.25 (3.0 s); "
+                                          "1 of 3 blocks rolled back (training made them worse): [2]")
+    assert "rolled back" not in reconstruction_line(dict(entry, rolled_back_blocks=[]))
+    assert reconstruction_line(None) is None
+
+
 def test_without_steps_nothing_changes_but_the_errors_are_reported():
     reference, model = tiny_model("llama"), tiny_model("llama")
     calibration = random_calibration(8, 32)
