@@ -18,10 +18,10 @@ and allocation, in memory and streamed alike. Per block:
    throughout and Adam's moments cannot regrow them. ``separate`` trains one part at a time, in
    order, each against its own output (the forward stops there), a weight directly in the block
    (OPT's fc1/fc2) against the block's output.
-3. With ``rollback`` (the default), a block whose held-out error is worse after training than before is rolled back to its
-   untrained (pruned) weights; the report lists those blocks (``rolled_back_blocks``). Adam's step
-   is about ``lr`` per weight whatever the loss scale, so a learning rate that suits one model's
-   weights can wreck another's: SmolLM2-135M's matrices have an RMS near 0.2, Qwen2.5-1.5B's near
+3. With ``rollback`` (the default), a block whose held-out error is worse after training than
+   before is rolled back to its untrained (pruned) weights; the report lists those blocks
+   (``rolled_back_blocks``). Adam's step is about ``lr`` per weight whatever the loss scale, so a
+   learning rate that suits one model's weights can wreck another's: SmolLM2-135M's matrices have an RMS near 0.2, Qwen2.5-1.5B's near
    0.015, and 1e-3 that helps the first undid the second's outlier channels (its 2:4 run diverged).
 
 The last windows (``HELD_OUT_SHARE`` of them, at least one when there are two or more) are never
@@ -264,7 +264,8 @@ class BlockReconstruction(BlockStep):
         try:
             before = self._held_out_error(block, context.inputs, held, held_targets)
             # Kept to roll back to: training that makes the held-out error worse is undone.
-            untrained = {name: p.detach().clone() for name, p in block.named_parameters()} if trains and held and self.rollback else None
+            untrained = ({name: p.detach().clone() for name, p in block.named_parameters()}
+                         if trains and held and self.rollback else None)
             losses = []
             claimed_norms: set[int] = set()
             for part in parts:
