@@ -21,8 +21,9 @@ and allocation, in memory and streamed alike. Per block:
 3. With ``rollback`` (the default), a block whose held-out error is worse after training than
    before is rolled back to its untrained (pruned) weights; the report lists those blocks
    (``rolled_back_blocks``). Adam's step is about ``lr`` per weight whatever the loss scale, so a
-   learning rate that suits one model's weights can wreck another's: SmolLM2-135M's matrices have an RMS near 0.2, Qwen2.5-1.5B's near
-   0.015, and 1e-3 that helps the first undid the second's outlier channels (its 2:4 run diverged).
+   learning rate that suits one model's weights can wreck another's: SmolLM2-135M's matrices have
+   an RMS near 0.2, Qwen2.5-1.5B's near 0.015, and 1e-3 that helps the first undid the second's
+   outlier channels (its 2:4 run diverged).
 
 The last windows (``HELD_OUT_SHARE`` of them, at least one when there are two or more) are never
 trained on: the report gives each block's output error on them before and after training, relative

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..anatomy import model_max_length
 from ..process import versions
 from ..errors import LLMPruneError
+from ..options import asks_perplexity
 from .harness import DEFAULT_BOOTSTRAP, lm_eval_limit, parse_tasks, prepare_tasks, run_tasks
 from .perplexity import eval_windows, perplexity
 
@@ -24,7 +25,7 @@ DEFAULT_SEQLEN = 512
 def parse_sources(ppl: str | list[str] | tuple[str, ...] | None) -> list[str]:
     """'wikipedia,c4' or a list -> ['wikipedia', 'c4']; 'none' or '' -> []."""
     sources = parse_tasks(ppl)  # same comma/list rules as task names
-    return [] if sources in (["none"], ["off"]) else sources
+    return sources if asks_perplexity(sources) else []
 
 
 def _versions() -> dict[str, str]:
