@@ -33,6 +33,7 @@ EXPERT_FALLBACKS = ("all-tokens", "magnitude")
 MIN_EXPERT_TOKENS = 64
 RECONSTRUCT_TARGETS = ("teacher", "local")  # llmprune.reconstruct
 RECONSTRUCT_PARTS = ("block", "separate")
+RECONSTRUCT_LOSSES = ("mse", "token")
 
 
 def option(default: Any, help: str, group: str | None = None, **metadata: Any) -> Any:
@@ -81,6 +82,7 @@ class PruneOptions:
     reconstruct: bool = option(False, "block reconstruction: after pruning each block, train its surviving weights with Adam so its outputs match the dense block's (mask kept)", "reconstruction")
     reconstruct_target: str = option("teacher", "what the pruned block should reproduce: teacher (the dense model's own activations) or local (the dense block on the pruned stream's inputs)", "reconstruction", choices=RECONSTRUCT_TARGETS)
     reconstruct_parts: str = option("block", "train the whole block against its output, or separate: the attention and MLP parts one after the other, each against its own output", "reconstruction", choices=RECONSTRUCT_PARTS)
+    reconstruct_loss: str = option("mse", "what reconstruction minimises, and what its held-out error and roll-back measure: mse (the squared error over every entry of the block's output) or token (each token's squared error relative to its target's, averaged over tokens: the error the next RMSNorm sees, which a few huge outlier entries cannot dominate, as Qwen2.5's do)", "reconstruction", choices=RECONSTRUCT_LOSSES)
     reconstruct_steps: int = option(32, "Adam steps per block (per part with separate), one micro-batch each", "reconstruction")
     reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction", "reconstruction")
     reconstruct_batch_size: int = option(4, "calibration windows per reconstruction step", "reconstruction")
@@ -117,7 +119,7 @@ class PruneOptions:
         check_calibration_options(self)
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
-                                      self.reconstruct_lr, self.reconstruct_batch_size)
+                                      self.reconstruct_lr, self.reconstruct_batch_size, self.reconstruct_loss)
 
 
 def check_calibration_options(options) -> None:
@@ -138,8 +140,11 @@ def check_expert_options(statistics: str, min_tokens: int, fallback: str) -> Non
         raise LLMPruneError(f"--min-expert-tokens must be at least 0, got {min_tokens}")
 
 
-def check_reconstruct_options(target: str, parts: str, steps: int, lr: float, batch_size: int) -> None:
+def check_reconstruct_options(target: str, parts: str, steps: int, lr: float, batch_size: int,
+                              loss: str = "mse") -> None:
     """Bad reconstruction settings fail before anything is loaded."""
+    if loss not in RECONSTRUCT_LOSSES:
+        raise LLMPruneError(f"unknown --reconstruct-loss '{loss}' (use {' or '.join(RECONSTRUCT_LOSSES)})")
     if target not in RECONSTRUCT_TARGETS:
         raise LLMPruneError(f"unknown --reconstruct-target '{target}' (use {' or '.join(RECONSTRUCT_TARGETS)})")
     if parts not in RECONSTRUCT_PARTS:

@@ -15,7 +15,8 @@ and allocation, in memory and streamed alike. Per block:
 2. ``after_prune``: Adam on the surviving entries of the block's pruned matrices (and, with ``norms``,
    its normalisation weights), minimising the mean squared error to the targets; the pruned entries'
    gradients are zeroed and the mask re-applied after every step, so pruned weights are exactly zero
-   throughout and Adam's moments cannot regrow them. ``separate`` trains one part at a time, in
+   throughout and Adam's moments cannot regrow them. With ``loss="token"`` each token's error counts
+   relative to its target's norm instead (see ``training_loss``). ``separate`` trains one part at a time, in
    order, each against its own output (the forward stops there), a weight directly in the block
    (OPT's fc1/fc2) against the block's output.
 3. With ``rollback`` (the default), a block whose held-out error is worse after training than
@@ -197,9 +198,29 @@ def run_recording(block: nn.Module, parts: list[Part], item: BlockInputs) -> dic
     return recorded
 
 
-def relative_error(output: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """(sum of squared errors, sum of the target's squares), in float64, to pool over micro-batches."""
+def token_errors(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each token's squared error relative to its target's squared norm (the last dimension is the hidden one)."""
+    scale = target.pow(2).sum(-1).clamp_min(torch.finfo(target.dtype).tiny)
+    return (output - target).pow(2).sum(-1) / scale
+
+
+def training_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """What Adam minimises: ``mse`` over every entry, or ``token``: the mean of the per-token relative errors.
+    In a model with massive activations (Qwen2.5: a few entries of the first token thousands of times the
+    rest) the plain MSE is almost all those entries, and training on it leaves the other tokens as they were."""
+    if loss == "token":
+        return token_errors(output, target).mean()
+    return torch.nn.functional.mse_loss(output, target)
+
+
+def relative_error(output: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> tuple[float, float]:
+    """(numerator, denominator) of the held-out error, in float64, to pool over micro-batches: for ``mse``
+    the sum of squared errors and of the target's squares; for ``token`` the sum of the per-token relative
+    errors and the number of tokens."""
     output, target = output.double(), target.double()
+    if loss == "token":
+        errors = token_errors(output, target)
+        return float(errors.sum()), float(errors.numel())
     return float((output - target).pow(2).sum()), float(target.pow(2).sum())
 
 
@@ -215,9 +236,9 @@ class BlockReconstruction(BlockStep):
     # ``masked=False``: every entry of the block's matrices trains (a shrunk block has no pruning mask:
     # its removed units are gone from the tensors, and a weight that happens to be 0 may move).
     def __init__(self, target: str, parts: str, steps: int, lr: float, batch_size: int, norms: bool,
-                 progress: bool = True, masked: bool = True, rollback: bool = True):
-        check_reconstruct_options(target, parts, steps, lr, batch_size)
-        self.target, self.parts, self.steps, self.lr = target, parts, int(steps), float(lr)
+                 progress: bool = True, masked: bool = True, rollback: bool = True, loss: str = "mse"):
+        check_reconstruct_options(target, parts, steps, lr, batch_size, loss)
+        self.target, self.parts, self.steps, self.lr, self.loss = target, parts, int(steps), float(lr), loss
         self.batch_size, self.norms, self.progress, self.masked = int(batch_size), norms, progress, masked
         self.rollback = rollback
         self.teacher: list[torch.Tensor] | None = None  # the dense model's hidden states, per chunk
@@ -320,7 +341,7 @@ class BlockReconstruction(BlockStep):
             optimiser.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 output = run_part(block, part, item)[key]
-                loss = torch.nn.functional.mse_loss(output, targets[index][key].to(output.dtype))
+                loss = training_loss(output, targets[index][key].to(output.dtype), self.loss)
                 loss.backward()
             for parameter, keep in masked.values():
                 if parameter.grad is not None and keep is not None:
@@ -339,13 +360,13 @@ class BlockReconstruction(BlockStep):
     @torch.no_grad()
     def _held_out_error(self, block: nn.Module, inputs: list[BlockInputs], held: list[MicroBatch],
                         targets: list[dict[str, torch.Tensor]]) -> float | None:
-        """The block's output error on the held-out windows, relative to the targets' mean square."""
+        """The block's output error on the held-out windows, relative to the targets' (``relative_error``)."""
         if not held:
             return None
         error = scale = 0.0
         for batch, target in zip(held, targets):
             output = run_part(block, None, batch_inputs(inputs, batch, dtype=torch.float32))[BLOCK]
-            e, s = relative_error(output, target[BLOCK])
+            e, s = relative_error(output, target[BLOCK], self.loss)
             error, scale = error + e, scale + s
         return error / scale if scale else None
 
@@ -356,6 +377,7 @@ class BlockReconstruction(BlockStep):
         return {
             "target": self.target,
             "parts": self.parts,
+            "loss": self.loss,
             "steps": self.steps,
             "lr": self.lr,
             "batch_size": self.batch_size,

@@ -69,13 +69,34 @@ def test_mask_never_changes_and_surviving_weights_train(family, target, parts, n
     assert entry["target"] == target and entry["parts"] == parts
 
 
-@pytest.mark.parametrize("target,parts", [("local", "block"), ("teacher", "block"), ("local", "separate")])
-def test_held_out_block_error_falls(target, parts):
+@pytest.mark.parametrize("target,parts,loss", [("local", "block", "mse"), ("teacher", "block", "mse"),
+                                               ("local", "separate", "mse"), ("teacher", "block", "token")])
+def test_held_out_block_error_falls(target, parts, loss):
     model = tiny_model("llama")
-    _, entry = _prune(model, sparsity=0.7, windows=48, seqlen=32, steps=60, batch_size=4, target=target, parts=parts)
-    assert entry["held_out_windows"] == 6 and entry["train_windows"] == 42
+    _, entry = _prune(model, sparsity=0.7, windows=48, seqlen=32, steps=60, batch_size=4, target=target, parts=parts,
+                      loss=loss)
+    assert entry["held_out_windows"] == 6 and entry["train_windows"] == 42 and entry["loss"] == loss
     for block in entry["blocks"]:
         assert block["held_out_error_after"] < 0.9 * block["held_out_error_before"], block
+
+
+def test_token_loss_weighs_every_token_alike_where_mse_sees_only_massive_entries():
+    """One token carries a massive activation (as Qwen2.5's first token does): a 1% error there outweighs a 50%
+    error on an ordinary token under mse, and counts for less under token; the held-out pooling agrees."""
+    from llmprune.reconstruct import relative_error, training_loss
+
+    target = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(0))
+    target[0, 0, 3] = 3000.0
+    on_massive, on_ordinary = target.clone(), target.clone()
+    on_massive[0, 0] += 0.01 * target[0, 0].norm() / 4  # 1% of that token's norm, spread over 16 entries
+    on_ordinary[0, 2] += 0.5 * target[0, 2].norm() / 4
+    assert training_loss(on_massive, target, "mse") > training_loss(on_ordinary, target, "mse")
+    assert training_loss(on_massive, target, "token") < training_loss(on_ordinary, target, "token")
+    assert training_loss(on_ordinary, target, "token") == pytest.approx(0.25 / 4, rel=1e-4)
+    error, count = relative_error(on_ordinary, target, "token")
+    assert count == 4 and error / count == pytest.approx(0.25 / 4, rel=1e-4)
+    error, scale = relative_error(on_ordinary, target, "mse")
+    assert error / scale == pytest.approx(float((on_ordinary - target).pow(2).sum() / target.pow(2).sum()))
 
 
 @pytest.mark.parametrize("rollback", [True, False])
@@ -175,6 +196,7 @@ def test_held_out_windows_are_the_last_ones_and_batches_stay_inside_chunks():
     (dict(reconstruct_lr=0.0), "reconstruct-lr"),
     (dict(reconstruct_batch_size=0), "reconstruct-batch-size"),
     (dict(reconstruct_steps=-1), "reconstruct-steps"),
+    (dict(reconstruct_loss="l1"), "reconstruct-loss"),
 ])
 def test_bad_settings_fail_before_any_work(options, message):
     with pytest.raises(LLMPruneError, match=message):
@@ -193,13 +215,13 @@ def test_command_line_flags_reach_the_report(tmp_path):
                  "--nsamples", "4", "--seqlen", "16", "--device", "cpu", "--no-progress", "--report", str(report_path),
                  "--reconstruct", "--reconstruct-target", "local", "--reconstruct-parts", "separate",
                  "--reconstruct-steps", "3", "--reconstruct-lr", "0.001", "--reconstruct-batch-size", "2",
-                 "--reconstruct-norms"])
+                 "--reconstruct-norms", "--reconstruct-loss", "token"])
     assert code == 0
     import json
 
     entry = json.loads(report_path.read_text())["reconstruct"]
-    assert (entry["target"], entry["parts"], entry["steps"], entry["lr"], entry["batch_size"], entry["norms"]) == (
-        "local", "separate", 3, 0.001, 2, True)
+    assert (entry["target"], entry["parts"], entry["steps"], entry["lr"], entry["batch_size"], entry["norms"],
+            entry["loss"]) == ("local", "separate", 3, 0.001, 2, True, "token")
 
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss"])

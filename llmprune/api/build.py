@@ -43,7 +43,8 @@ def after_prune_steps(options: PruneOptions) -> list[BlockStep]:
         return []
     return [BlockReconstruction(options.reconstruct_target, options.reconstruct_parts, options.reconstruct_steps,
                                 options.reconstruct_lr, options.reconstruct_batch_size, options.reconstruct_norms,
-                                progress=options.progress, rollback=options.reconstruct_rollback)]
+                                progress=options.progress, rollback=options.reconstruct_rollback,
+                                loss=options.reconstruct_loss)]
 
 
 def build(options: PruneOptions) -> PruneParts:

@@ -72,6 +72,7 @@ class ShrinkOptions:
         "what the shrunk block should reproduce: local (the dense block on the shrunk stream's inputs) or "
         "teacher (the dense model's own activations)"))
     reconstruct_parts: str = shared_option(PruneOptions, "reconstruct_parts")
+    reconstruct_loss: str = shared_option(PruneOptions, "reconstruct_loss")
     reconstruct_steps: int = shared_option(PruneOptions, "reconstruct_steps")
     reconstruct_lr: float = shared_option(PruneOptions, "reconstruct_lr")
     reconstruct_batch_size: int = shared_option(PruneOptions, "reconstruct_batch_size")
@@ -123,7 +124,7 @@ class ShrinkOptions:
             raise LLMPruneError(f"--distill-batch-size must be at least 1, got {self.distill_batch_size}")
         if self.reconstruct:
             check_reconstruct_options(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
-                                      self.reconstruct_lr, self.reconstruct_batch_size)
+                                      self.reconstruct_lr, self.reconstruct_batch_size, self.reconstruct_loss)
         return units
 
     def reconstruction(self) -> BlockReconstruction | None:
@@ -132,7 +133,8 @@ class ShrinkOptions:
             return None
         return BlockReconstruction(self.reconstruct_target, self.reconstruct_parts, self.reconstruct_steps,
                                    self.reconstruct_lr, self.reconstruct_batch_size, self.reconstruct_norms,
-                                   progress=self.progress, masked=False, rollback=self.reconstruct_rollback)
+                                   progress=self.progress, masked=False, rollback=self.reconstruct_rollback,
+                                   loss=self.reconstruct_loss)
 
     def teacher_refit(self) -> bool:
         return bool(self.compensate) and self.refit_target == "teacher"
