@@ -58,7 +58,7 @@ def main() -> None:
     layer_kb, hessian_kb = args.rows * args.columns * 4 / 1024, args.columns**2 * 4 / 1024
     print(f"{args.method} {args.rows}x{args.columns} {args.target}: extra peak {peak / 1024:.0f} MiB = "
           f"{peak / layer_kb:.1f} layer-size matrices (layer {layer_kb / 1024:.0f} MiB, H {hessian_kb / 1024:.0f} MiB; "
-          f"{(peak - 3 * hessian_kb) / layer_kb:.1f} layer-size beyond 3 H-size), {seconds:.1f} s CPU")
+          f"{(peak - 2 * hessian_kb) / layer_kb:.1f} layer-size beyond 2 H-size), {seconds:.1f} s CPU")
 
 
 if __name__ == "__main__":

@@ -176,3 +176,20 @@ def test_a_whole_model_prunes_to_the_target():
         if name in report["layers"]:
             groups = (layer.weight == 0).reshape(layer.weight.shape[0], -1, 4).sum(dim=2)
             assert (groups == 2).all(), name
+
+
+def test_invert_in_place_gives_the_inverse_in_the_matrix_own_memory():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 64, generator=generator, dtype=torch.float64)
+    matrix = x.T @ x + torch.eye(64, dtype=torch.float64)
+    expected = torch.linalg.inv(matrix)
+    memory = matrix.data_ptr()
+    assert admm_module.invert_in_place(matrix)
+    assert matrix.data_ptr() == memory
+    torch.testing.assert_close(matrix, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_invert_in_place_says_when_the_matrix_is_not_positive_definite():
+    matrix = torch.eye(8)
+    matrix[3, 3] = -1.0
+    assert not admm_module.invert_in_place(matrix)

@@ -50,6 +50,23 @@ def normalised_hessian(hessian: torch.Tensor, percdamp: float) -> tuple[torch.Te
     return normalised, scale, dead
 
 
+def invert_in_place(matrix: torch.Tensor) -> bool:
+    """Overwrite the symmetric positive definite ``matrix`` with its inverse, by Cholesky; False if not
+    positive definite (``matrix`` is then garbage). LAPACK works on column-major storage: handed the
+    row-major matrix as is, torch copies it (and the factor is a new matrix), one more matrix of its size
+    alive at the peak (321 MB at an 8,960-column layer); its transpose is that storage in column-major
+    order, so the factor and the inverse are computed in the matrix's own memory. The factor is then of the
+    transpose (the upper triangle): inv(M^T)^T = inv(M), equal to the copying path's floats where the
+    matrix is exactly symmetric."""
+    storage = matrix.mT  # the same memory, column-major; equal to the matrix, which is symmetric
+    info = torch.empty((), dtype=torch.int32, device=matrix.device)
+    torch.linalg.cholesky_ex(storage, out=(storage, info))
+    if info.item() != 0:
+        return False
+    torch.cholesky_inverse(storage, out=storage)
+    return True
+
+
 def _mask_fraction(iteration: int, schedule: int, sparsity: float) -> float:
     """Cubic schedule: sparsity s (1 - (1 - t/T)^3) after iteration t of T, reaching s at t = T."""
     progress = min(1.0, (iteration + 1) / schedule)
@@ -138,19 +155,19 @@ class ADMM(SparseGPT):
         rows, columns = weight.shape
         if keep is None and target.sparsity == 0:
             return PruneResult(keep=torch.ones_like(weight, dtype=torch.bool), weight=weight)
-        if stats is None:  # no data seen: the identity Hessian makes this magnitude pruning
-            hessian = torch.eye(columns, dtype=torch.float32, device=weight.device)
-        else:
-            hessian = stats.matrix.to(device=weight.device, dtype=torch.float32)
-        hessian, scale, dead = normalised_hessian(hessian, self.percdamp)
-        system = hessian.clone()
-        system.diagonal().add_(self.rho)
-        lower, info = torch.linalg.cholesky_ex(system)
-        del system
-        if info.item() != 0:
+
+        def normalised() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if stats is None:  # no data seen: the identity Hessian makes this magnitude pruning
+                source = torch.eye(columns, dtype=torch.float32, device=weight.device)
+            else:
+                source = stats.matrix.to(device=weight.device, dtype=torch.float32)
+            return normalised_hessian(source, self.percdamp)
+
+        hessian, scale, dead = normalised()
+        inverse = hessian.clone()
+        inverse.diagonal().add_(self.rho)
+        if not invert_in_place(inverse):
             raise LLMPruneError("ADMM: the layer Hessian is not positive semi-definite (NaN or infinite inputs?)")
-        inverse = torch.cholesky_inverse(lower)
-        del lower
 
         w = weight  # the caller's working copy becomes W: normalised W0 to start with
         w[:, dead] = 0.0
@@ -159,6 +176,9 @@ class ADMM(SparseGPT):
         fit = torch.empty_like(w)  # W0 H, the data term of every update
         for block in blocks:
             torch.matmul(w[block], hessian, out=fit[block])
+        # The iterations need only the inverse: the Hessian is made again for the final solve (the same
+        # floats), so the two are never alive together with the iterations' four weight-sized matrices.
+        del hessian
         u = torch.zeros_like(w)
         fixed = keep is not None
         if fixed:
@@ -180,7 +200,7 @@ class ADMM(SparseGPT):
                 torch.matmul(rhs, inverse, out=w[block])
         z = w.add_(u).mul_(keep)  # the last Z: the ADMM weights on the final support
         del u, cut, inverse
-        refit_on_support(z, fit, hessian, keep, self.refit_iterations, self.refit_tolerance)
+        refit_on_support(z, fit, normalised()[0], keep, self.refit_iterations, self.refit_tolerance)
         z.div_(scale.unsqueeze(0))
         z[:, dead] = 0.0
         return PruneResult(keep=keep, weight=z)
