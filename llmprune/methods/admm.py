@@ -58,7 +58,7 @@ def invert_in_place(matrix: torch.Tensor) -> bool:
     order, so the factor and the inverse are computed in the matrix's own memory. The factor is then of the
     transpose (the upper triangle): inv(M^T)^T = inv(M), equal to the copying path's floats where the
     matrix is exactly symmetric."""
-    storage = matrix.mT  # the same memory, column-major; equal to the matrix, which is symmetric
+    storage = matrix.mT  # the same memory read column-major: the transpose, equal to the matrix up to rounding
     info = torch.empty((), dtype=torch.int32, device=matrix.device)
     torch.linalg.cholesky_ex(storage, out=(storage, info))
     if info.item() != 0:
